@@ -1,0 +1,172 @@
+"""The entry/exit loop and its dispatch table.
+
+The table maps each basic exit reason to a tuple of handlers, built once per
+run from the ``register_exit_handlers`` hook. Per exit the loop makes no
+pluggy call and allocates nothing of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable
+
+from .errors import PluginError
+from .vmx import EntryInterruptionInfo, EventInjection, ExitReason
+
+if TYPE_CHECKING:
+    from .engines.base import EngineVcpu
+    from .exit import VmExit
+    from .machine import Machine
+
+Handler = Callable[["EngineVcpu", "VmExit"], bool]
+
+#: table size: every basic exit reason the SDM defines fits below this
+TABLE_SIZE = 128
+
+
+class ExitStats:
+    """Exits per reason and time spent in the VMM per reason, for one vCPU (ns)."""
+
+    __slots__ = ("counts", "times", "guest_ns", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * TABLE_SIZE
+        self.times = [0] * TABLE_SIZE
+        self.guest_ns = 0
+        self.total = 0
+
+    def by_reason(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for reason, n in enumerate(self.counts):
+            if n:
+                try:
+                    name = ExitReason(reason).name
+                except ValueError:
+                    name = f"REASON_{reason}"
+                out[name] = (n, self.times[reason])
+        return out
+
+
+class DispatchTable:
+    """Exit reason → handler chain, frozen when the machine starts."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, list[tuple[int, int, str, Handler]]] = {}
+        self._seq = 0
+        self.table: list[tuple[Handler, ...]] = [()] * TABLE_SIZE
+
+    def make_register(self, plugin: str) -> Callable[..., None]:
+        def register(reason: ExitReason | int, handler: Handler, *, name: str | None = None,
+                     priority: int = 0) -> None:
+            try:
+                reason = ExitReason(reason)
+            except ValueError:
+                raise PluginError(f"plugin {plugin}: {reason!r} is not an SDM basic exit reason") from None
+            if not callable(handler):
+                raise PluginError(f"plugin {plugin}: handler for {reason.name} is not callable: {handler!r}")
+            label = f"{plugin}:{name or getattr(handler, '__name__', type(handler).__name__)}"
+            self._entries.setdefault(int(reason), []).append((-priority, self._seq, label, handler))
+            self._seq += 1
+        return register
+
+    def freeze(self) -> None:
+        table: list[tuple[Handler, ...]] = [()] * TABLE_SIZE
+        for reason, entries in self._entries.items():
+            table[reason] = tuple(h for _, _, _, h in sorted(entries, key=lambda e: (e[0], e[1])))
+        self.table = table
+
+    def chain(self, reason: ExitReason | int) -> list[str]:
+        """Names of the handlers for ``reason``, in call order."""
+        entries = sorted(self._entries.get(int(reason), []), key=lambda e: (e[0], e[1]))
+        return [label for _, _, label, _ in entries]
+
+    def describe(self) -> dict[str, list[str]]:
+        return {ExitReason(r).name: self.chain(r) for r in sorted(self._entries)}
+
+
+def run_vcpu(machine: "Machine", vcpu: "EngineVcpu", stats: ExitStats, *, boot: bool) -> None:
+    """Run one vCPU until the machine stops. The whole core, on one screen."""
+    table = machine.dispatch.table
+    run = vcpu.run
+    counts, times = stats.counts, stats.times
+    perf = time.perf_counter_ns
+    irq = machine.irq
+    clock = machine.clock
+    control = machine.control
+    last_deadline = None
+    t_resume = perf()
+    while not control.stop_requested:
+        if control.pause_requested:
+            machine._park(vcpu)
+            t_resume = perf()
+            continue
+        if irq.controller is not None and irq.pending():               # event injection
+            if vcpu.interrupt_window_open():
+                vcpu.inject_event(EventInjection(EntryInterruptionInfo.external_interrupt(irq.acknowledge())))
+            else:
+                vcpu.set_interrupt_window_exiting(True)
+        if boot and clock.earliest_host_ns != last_deadline:            # VMX-preemption timer
+            last_deadline = clock.earliest_host_ns
+            vcpu.set_timer_deadline(last_deadline)
+        exit = run()                                                     # VM entry ... VM exit
+        if exit is None:          # the engine dispatched inline (see make_inline_dispatcher)
+            t_resume = perf()
+            continue
+        t0 = perf()
+        stats.guest_ns += t0 - t_resume
+        reason = exit.reason
+        for handler in table[reason]:                                    # dispatch
+            if handler(vcpu, exit):
+                break
+        else:
+            machine.unhandled_exit(vcpu, exit)
+            return
+        counts[reason] += 1
+        stats.total += 1
+        t_resume = perf()
+        times[reason] += t_resume - t0
+        if stats.total >= control.max_exits:                             # stop conditions
+            machine.stop("max-exits", f"{stats.total} exits on vCPU {vcpu.index}")
+
+
+def make_inline_dispatcher(machine: "Machine", vcpu: "EngineVcpu", stats: ExitStats,
+                           *, boot: bool) -> Callable[["VmExit"], bool]:
+    """The loop body for engines that can handle an exit without leaving the guest.
+
+    The ``soft`` engine calls the returned ``dispatch(exit)`` from inside its
+    CPU hooks: it runs the same handler chain with the same accounting as
+    :func:`run_vcpu`. It returns ``True`` if the guest may continue at once,
+    ``False`` if the engine must return from ``run()`` (with ``None``) so the
+    loop can stop, pause, inject an interrupt or re-arm the timer. An
+    unhandled exit has already been reported when it returns ``False``.
+    """
+    table = machine.dispatch.table
+    counts, times = stats.counts, stats.times
+    perf = time.perf_counter_ns
+    irq = machine.irq
+    clock = machine.clock
+    control = machine.control
+
+    def dispatch(exit: "VmExit") -> bool:
+        t0 = perf()
+        reason = exit.reason
+        for handler in table[reason]:
+            if handler(vcpu, exit):
+                break
+        else:
+            machine.unhandled_exit(vcpu, exit)
+            return False
+        counts[reason] += 1
+        stats.total += 1
+        times[reason] += perf() - t0
+        if stats.total >= control.max_exits:
+            machine.stop("max-exits", f"{stats.total} exits on vCPU {vcpu.index}")
+        if control.stop_requested or control.pause_requested:
+            return False
+        if irq.controller is not None and irq.pending():
+            return False
+        if boot and clock.earliest_host_ns != vcpu.timer_deadline_ns:
+            return False
+        return True
+
+    return dispatch
