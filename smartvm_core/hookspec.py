@@ -54,8 +54,9 @@ def add_cli_options(parser: "argparse.ArgumentParser") -> None:
 
     .. note:: Historic: a plugin registered later still receives the call.
 
-    Use in experiment plugins: no; experiment plugins are loaded after the
-    command line has been parsed.
+    Use in experiment plugins: yes; plugins named by ``-p MODULE`` or in the
+    ``[plugins] load`` list of the experiment file given on the command line
+    are registered before the parser is built.
     """
 
 
@@ -247,6 +248,8 @@ def vm_started(machine: "Machine") -> None:
     Called once per run, from the thread that called ``Machine.run``, after
     images are loaded and the dispatch table is built.
 
+    :param machine: the machine, state ``running``.
+
     Use in experiment plugins: yes.
     """
 
@@ -255,8 +258,9 @@ def vm_started(machine: "Machine") -> None:
 def vm_stopped(machine: "Machine", reason: "StopReason") -> None:
     """The machine stopped: every vCPU has left the guest.
 
-    Called once per run.
+    Called once per run, after every vCPU thread has finished.
 
+    :param machine: the machine, state ``stopped``.
     :param reason: why it stopped (``kind``: ``exit-code``, ``marker``,
         ``max-exits``, ``timeout``, ``unhandled-exit``, ``triple-fault``,
         ``halted``, ``user``, ``error``), with details.
@@ -277,6 +281,8 @@ def save_state(machine: "Machine") -> "dict[str, Any] | None":
     Called once per snapshot, while the machine is paused or stopped. The
     core saves vCPUs, memory, devices and the engine itself.
 
+    :param machine: the machine being saved.
+
     :returns: ``{key: plain data}`` (ints, strings, bytes, lists, dicts) or
         ``None``. Keys must be unique across plugins: prefix them with your
         plugin's name.
@@ -290,6 +296,8 @@ def restore_state(machine: "Machine", state: "dict[str, Any]") -> None:
     """Restore plugin state from a snapshot.
 
     Called once per restore, after vCPUs, memory and devices were restored.
+
+    :param machine: the machine being restored.
 
     :param state: every key any plugin saved; take yours.
 
@@ -310,6 +318,10 @@ def report_unhandled_exit(vcpu: "EngineVcpu", exit: "VmExit", lines: "list[str]"
     already put the exit reason, the decoded qualification, the registers and
     the disassembly at RIP in ``lines``.
 
+    :param vcpu: the vCPU that exited (state readable, not running).
+    :param exit: the :class:`~smartvm_core.exit.VmExit` nobody handled.
+    :param lines: the report so far; append to it.
+
     Use in experiment plugins: yes.
     """
 
@@ -318,8 +330,11 @@ def report_unhandled_exit(vcpu: "EngineVcpu", exit: "VmExit", lines: "list[str]"
 def run_report(machine: "Machine", report: "RunReport") -> None:
     """Add sections to the end-of-run report.
 
-    Called once per run after :func:`vm_stopped`. Add with
-    ``report.add_section(title, lines)`` and ``report.add_counter(name, value)``.
+    Called once per run after :func:`vm_stopped`.
+
+    :param machine: the stopped machine (statistics in ``machine.stats``).
+    :param report: the :class:`smartvm_core.report.RunReport`; add with
+        ``report.add_section(title, lines)`` and ``report.add_counter(name, value)``.
 
     Use in experiment plugins: yes.
     """

@@ -190,8 +190,10 @@ class GuestMemory:
 
     def read(self, gpa: int, size: int) -> bytes:
         """Read bytes; the range may span adjacent regions but no hole."""
-        if size == 0:
-            return b""
+        if size <= 0 or gpa < 0:
+            if size == 0 and gpa >= 0:
+                return b""
+            raise GuestMemoryError(gpa, size, "negative address or size")
         r = self.region_at(gpa)
         if r is not None and gpa + size <= r.end:
             off = gpa - r.gpa

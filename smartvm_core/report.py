@@ -16,7 +16,7 @@ import attrs
 
 from .cpu import GPR_NAMES, cpu_mode
 from .hookspec import hookimpl
-from .vmx import ExitReason
+from .vmx import ExitReason, format_qualification
 
 if TYPE_CHECKING:
     from .engines.base import EngineVcpu
@@ -87,11 +87,7 @@ def unhandled_exit_report(vcpu: "EngineVcpu", exit: "VmExit", memory: "GuestMemo
         reason_name = f"unknown basic exit reason {exit.reason}"
     lines = [f"unhandled VM exit on vCPU {vcpu.index}: {reason_name} ({int(exit.reason)})",
              f"  exit: {exit.describe()}"]
-    decoded = exit.decoded()
-    if not isinstance(decoded, int):
-        lines.append(f"  qualification {exit.qualification:#x}: {decoded}")
-    else:
-        lines.append(f"  qualification {exit.qualification:#x}")
+    lines.append(f"  qualification {exit.qualification:#x}: {format_qualification(exit.reason, exit.qualification)}")
     if exit.interruption_info:
         lines.append(f"  interruption info {exit.interruption_info:#x} error code {exit.interruption_error_code:#x}")
     if exit.guest_physical_address:
