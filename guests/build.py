@@ -50,13 +50,14 @@ def build_guest(name: str, *, fmt: str = "bin", defines: dict[str, str | int] | 
     return out
 
 
-def main() -> int:
-    for src in sorted(GUESTS.rglob("*.asm")):
-        if "build" in src.parts:
-            continue
-        print(build_guest(str(src.relative_to(GUESTS))))
+def main(argv: list[str]) -> int:
+    """Build the named guests (``demo/hello``), or every flat-binary guest."""
+    names = argv or [str(src.relative_to(GUESTS)) for src in sorted(GUESTS.rglob("*.asm"))
+                     if "build" not in src.relative_to(GUESTS).parts]
+    for name in names:
+        print(build_guest(name))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -198,6 +198,47 @@ def register_exit_handlers(register: Callable[..., None], machine: "Machine") ->
 
 
 @hookspec
+def register_hypercalls(register: Callable[..., None], machine: "Machine") -> None:
+    """Register hypercall services (the ABI of ``docs/hypercalls.md``).
+
+    Called once per machine start by the ``smartvm-exits`` plugin, while it
+    registers its exit handlers; never per hypercall. Not called if that
+    plugin is disabled.
+
+    :param register: ``register(number, service, *, name=None)``; ``number``
+        is the value the guest puts in RAX (0x100 and above: 0x00-0xFF are
+        the standard services). ``service(call) -> int`` is given a
+        :class:`smartvm_exits.hypercall.HypercallContext` (``vcpu``,
+        ``machine``, ``args``, ``read``/``write`` of guest-linear memory) and
+        returns the value for RAX (negative for errors). A number registered
+        twice is refused with a :class:`~smartvm_core.errors.PluginError`.
+    :param machine: the machine being started.
+
+    Use in experiment plugins: yes; not consulted once the machine runs.
+    """
+
+
+@hookspec
+def register_msrs(register: Callable[..., None], machine: "Machine") -> None:
+    """Add model-specific registers to every vCPU's MSR store.
+
+    Called once per machine start by the ``smartvm-exits`` plugin, after its
+    architectural MSRs are defined and before vCPUs are configured. Not
+    called if that plugin is disabled.
+
+    :param register: ``register(msr, *, replace=False)`` with a
+        :class:`smartvm_exits.msr.Msr` (index, name, reset value, writable
+        bits, ``check``/``read``/``write`` callbacks). An index already defined
+        is refused with a :class:`~smartvm_core.errors.PluginError` unless
+        ``replace=True``. On ``kvm`` the MSR is put in KVM's MSR filter so the
+        guest's accesses reach the store.
+    :param machine: the machine being started.
+
+    Use in experiment plugins: yes; not consulted once the machine runs.
+    """
+
+
+@hookspec
 def configure_vcpu(vcpu: "EngineVcpu", machine: "Machine") -> None:
     """Set a vCPU's VMX controls and initial state.
 

@@ -1,0 +1,1 @@
+"""An example third-party Smart-VM plugin (see docs/plugin-guide.md)."""
