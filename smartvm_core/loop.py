@@ -27,13 +27,15 @@ TABLE_SIZE = 128
 class ExitStats:
     """Exits per reason and time spent in the VMM per reason, for one vCPU (ns)."""
 
-    __slots__ = ("counts", "times", "guest_ns", "total")
+    __slots__ = ("counts", "times", "guest_ns", "total", "inline_ns")
 
     def __init__(self) -> None:
         self.counts = [0] * TABLE_SIZE
         self.times = [0] * TABLE_SIZE
         self.guest_ns = 0
         self.total = 0
+        #: VMM time spent in handlers called from inside the engine (inline dispatch)
+        self.inline_ns = 0
 
     def by_reason(self) -> dict[str, tuple[int, int]]:
         out = {}
@@ -108,11 +110,13 @@ def run_vcpu(machine: "Machine", vcpu: "EngineVcpu", stats: ExitStats, *, boot: 
         if boot and clock.earliest_host_ns != last_deadline:            # VMX-preemption timer
             last_deadline = clock.earliest_host_ns
             vcpu.set_timer_deadline(last_deadline)
+        inline_before = stats.inline_ns
         exit = run()                                                     # VM entry ... VM exit
-        if exit is None:          # the engine dispatched inline (see make_inline_dispatcher)
-            t_resume = perf()
-            continue
         t0 = perf()
+        if exit is None:          # the engine dispatched inline (see make_inline_dispatcher)
+            stats.guest_ns += t0 - t_resume - (stats.inline_ns - inline_before)
+            t_resume = t0
+            continue
         stats.guest_ns += t0 - t_resume
         reason = exit.reason
         for handler in table[reason]:                                    # dispatch
@@ -158,7 +162,9 @@ def make_inline_dispatcher(machine: "Machine", vcpu: "EngineVcpu", stats: ExitSt
             return False
         counts[reason] += 1
         stats.total += 1
-        times[reason] += perf() - t0
+        ns = perf() - t0
+        times[reason] += ns
+        stats.inline_ns += ns
         if stats.total >= control.max_exits:
             machine.stop("max-exits", f"{stats.total} exits on vCPU {vcpu.index}")
         if control.stop_requested or control.pause_requested:

@@ -100,7 +100,10 @@ def get_plugin_manager(*, disable: Iterable[str] = (), load: Iterable[str] = (),
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
-        raise PluginError(f"plugin {e.plugin!r}: {e}") from None
+        name = pm.get_name(e.plugin) or repr(e.plugin)
+        hooks = ", ".join(sorted(n for n in dir(e.plugin) if getattr(getattr(e.plugin, n, None), "smartvm_impl", None)
+                                 is not None and getattr(getattr(pm.hook, n, None), "spec", None) is None))
+        raise PluginError(f"plugin {name}: implements hooks that do not exist: {hooks or e}") from None
     if trace is not None:
         install_trace(pm, trace)
     return pm

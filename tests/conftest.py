@@ -12,3 +12,8 @@ _spec = _ilu.spec_from_file_location("docs_gen", ROOT / "docs" / "gen_hooks.py")
 docs_gen = _ilu.module_from_spec(_spec)
 _spec.loader.exec_module(docs_gen)
 sys.modules["docs_gen"] = docs_gen
+
+_gspec = _ilu.spec_from_file_location("guests_build", ROOT / "guests" / "build.py")
+guests_build = _ilu.module_from_spec(_gspec)
+_gspec.loader.exec_module(guests_build)
+sys.modules["guests_build"] = guests_build
