@@ -1,0 +1,1 @@
+"""Image loaders for Smart-VM: flat, boot sector, .COM, BIOS ROM, multiboot, ELF, Linux bzImage."""

@@ -1,0 +1,1 @@
+"""Boot configurators: write a boot protocol's structures into guest memory."""
