@@ -239,6 +239,31 @@ def register_msrs(register: Callable[..., None], machine: "Machine") -> None:
 
 
 @hookspec
+def register_v8086_services(register: Callable[..., None], machine: "Machine") -> None:
+    """Register services that answer the INT n of 8086 programs (BIOS, DOS, your own).
+
+    Called once per machine by the ``smartvm-v8086`` plugin, while it sets up
+    its virtual-8086 monitor (after the devices exist, before images are
+    loaded); never per interrupt. Not called if that plugin is disabled.
+    The plugin's own BIOS and DOS services are registered first.
+
+    :param register: ``register(vector, service, *, ah=None, replace=False)``.
+        ``service(call)`` is given a :class:`smartvm_v8086.services.ServiceCall`
+        (``call.state``: the program's registers and flags, changed in place;
+        ``call.memory``; ``call.machine``; ``call.chain(vector)``;
+        ``call.halt()``). With ``ah`` the service answers only that function
+        of the vector. A vector (or vector and AH) already served is refused
+        with a :class:`~smartvm_core.errors.PluginError` unless
+        ``replace=True``. A service runs only while the program's IVT entry
+        for the vector is the monitor's own; a program that hooked the
+        vector gets the interrupt in its handler instead.
+    :param machine: the machine being built.
+
+    Use in experiment plugins: yes; not consulted once the machine runs.
+    """
+
+
+@hookspec
 def configure_vcpu(vcpu: "EngineVcpu", machine: "Machine") -> None:
     """Set a vCPU's VMX controls and initial state.
 

@@ -1,0 +1,1 @@
+"""Standard VM-exit handlers for Smart-VM: CPUID policy, MSRs, HLT, control registers, hypercalls, triple fault."""
