@@ -335,6 +335,21 @@ def vm_stopped(machine: "Machine", reason: "StopReason") -> None:
     """
 
 
+@hookspec
+def vm_reset(machine: "Machine") -> None:
+    """The machine was reset: put plugin state back to its power-on values.
+
+    Called after ``Machine.reset`` restored the vCPUs and devices to their
+    state at load time (a triple fault with ``action = "reset"``, the i8042
+    0xFE command, port 0xCF9, or a call from code). Guest memory is kept, as
+    a reset does on hardware.
+
+    :param machine: the machine, between two exits (not running any vCPU).
+
+    Use in experiment plugins: yes.
+    """
+
+
 # ---------------------------------------------------------------------------
 # State hooks
 # ---------------------------------------------------------------------------

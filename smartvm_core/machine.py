@@ -99,6 +99,8 @@ class Machine:
         self._parked = 0
         self._idle = threading.Condition()
         self._initial_state: dict[str, Any] | None = None
+        #: resets since the machine was built
+        self.resets = 0
         self.irq.on_change = self._wake_idle
         self.clock.on_new_deadline = self._on_new_deadline
 
@@ -218,6 +220,8 @@ class Machine:
             raise RuntimeError("reset before the machine was loaded")
         persist.restore_cpu_and_devices(self, self._initial_state)
         self.services.pop("reset_requested", None)
+        self.resets += 1
+        self.hook.vm_reset(machine=self)
 
     def close(self) -> None:
         if self.engine is not None:

@@ -263,6 +263,26 @@ def test_hook_vm_stopped():
     test_hook_vm_started()
 
 
+def test_hook_vm_reset():
+    seen = []
+
+    class P:
+        @hookimpl
+        def vm_reset(self, machine):
+            seen.append((machine.resets, machine.vcpus[0].get_regs().rip))
+
+    m = make_machine(cfg([out(0x80, 1, length=2)] * 2), plugins=[("scripted", ScriptedPlugin()), ("p", P())],
+                     entry_points=False, disable=NO_ENGINES)
+    try:
+        m.control.max_exits = 2
+        m.run()
+        assert m.vcpus[0].get_regs().rip == 4
+        m.reset()
+        assert seen == [(1, 0)]   # called after vCPUs were put back
+    finally:
+        m.close()
+
+
 def test_hook_save_state(tmp_path):
     class P:
         def __init__(self):

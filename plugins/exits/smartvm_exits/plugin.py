@@ -116,8 +116,7 @@ class ExitsState:
         self.hlt = HltHandler(machine)
         self.cr = CrAccessHandler(features, self.policy.phys_bits)
         tf = exp.section("triple_fault") or {}
-        self.triple_fault = TripleFaultHandler(machine, tf.get("action", "stop"), tf.get("max_resets", 16),
-                                               on_reset=self.on_reset)
+        self.triple_fault = TripleFaultHandler(machine, tf.get("action", "stop"), tf.get("max_resets", 16))
         self.hypercalls = HypercallTable()
         standard = self.hypercalls.make_register(PLUGIN, standard=True)
         for number, name, service in STANDARD_SERVICES:
@@ -287,6 +286,13 @@ def _route_msrs(st: ExitsState, vcpu: "EngineVcpu", machine: "Machine") -> None:
         except ValueError:  # outside the two ranges an MSR bitmap covers
             st.untrappable_msrs.append(index)
     vcpu.vmcs[field] = vcpu.vmcs[field] | ProcBasedControls.USE_MSR_BITMAPS
+
+
+@hookimpl
+def vm_reset(machine: "Machine") -> None:
+    st = machine.services.get(SERVICE_KEY)
+    if st is not None:
+        st.on_reset()
 
 
 @hookimpl

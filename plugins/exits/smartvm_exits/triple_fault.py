@@ -8,7 +8,7 @@ shutdown cycle of a PC's chipset does, and the guest starts over; after
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from smartvm_core.engines.base import EngineVcpu
@@ -18,13 +18,11 @@ if TYPE_CHECKING:
 
 class TripleFaultHandler:
     def __init__(self, machine: "Machine", action: str = "stop", max_resets: int = 16,
-                 on_reset: "Callable[[], None] | None" = None) -> None:
+) -> None:
         self.machine = machine
         self.action = action
         self.max_resets = max_resets
         self.resets = 0
-        #: called after a reset (the plugin resets its MSR store and XCR0 here)
-        self.on_reset = on_reset
 
     def report(self, vcpu: "EngineVcpu") -> list[str]:
         from smartvm_core.report import code_at_rip, disassemble, register_lines
@@ -45,9 +43,7 @@ class TripleFaultHandler:
         m = self.machine
         if self.action == "reset" and self.resets < self.max_resets:
             self.resets += 1
-            m.reset()
-            if self.on_reset is not None:
-                self.on_reset()
+            m.reset()   # plugins reset their own state in the vm_reset hook
             return True
         detail = f"triple fault on vCPU {vcpu.index}"
         if self.action == "reset":
