@@ -35,6 +35,10 @@ def build_guest(name: str, *, fmt: str = "bin", defines: dict[str, str | int] | 
     suffix = "".join(f"-{k}={v}" for k, v in sorted((defines or {}).items()))
     rel = src.relative_to(GUESTS).with_suffix("")
     ext = {"bin": ".bin", "elf32": ".elf", "elf64": ".elf"}.get(fmt, f".{fmt}")
+    if fmt == "bin":  # a source may name its image's extension: ";! ext=com" in its first lines
+        for line in src.read_text(errors="replace").splitlines()[:5]:
+            if line.startswith(";! ext="):
+                ext = "." + line.split("=", 1)[1].strip()
     out = BUILD / f"{str(rel).replace('/', '__')}{suffix}{ext}"
     deps = [src, *src.parent.glob("*.inc"), *GUESTS.glob("include/*.inc")]
     if out.exists() and all(out.stat().st_mtime >= d.stat().st_mtime for d in deps):

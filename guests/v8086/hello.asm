@@ -1,3 +1,4 @@
+;! ext=com
 ; hello.com: the README's demo. Prints its greeting through DOS (INT 21h AH=09h)
 ; and exits with return code 42 (INT 21h AH=4Ch).
         org 0x100
