@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
+import os
 import struct
 from typing import Callable, Iterator
 
@@ -37,18 +38,109 @@ def page_align_up(value: int) -> int:
 
 
 class Backing:
-    """Host memory behind one or more regions: an anonymous or file mmap."""
+    """Host memory behind one or more regions: an anonymous or file mmap.
 
-    def __init__(self, size: int, *, fileno: int = -1, shared: bool = False, name: str = "anon") -> None:
+    ``fileno >= 0`` maps that file (``MAP_SHARED``: writes reach the file);
+    ``copy_on_write=True`` maps it ``MAP_PRIVATE`` instead, so writes stay in
+    this mapping and never reach the file. See :meth:`memfd`,
+    :meth:`from_file` and :meth:`cow_clone`.
+    """
+
+    def __init__(self, size: int, *, fileno: int = -1, shared: bool = False, name: str = "anon",
+                 copy_on_write: bool = False, offset: int = 0) -> None:
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"backing {name}: size {size:#x} is not a positive multiple of {PAGE_SIZE:#x}")
-        flags = mmap.MAP_SHARED if (shared or fileno >= 0) else mmap.MAP_PRIVATE
+        flags = mmap.MAP_SHARED if (shared or fileno >= 0) and not copy_on_write else mmap.MAP_PRIVATE
         self.name = name
         self.size = size
-        self.mmap = mmap.mmap(fileno, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        #: the file descriptor behind the mapping (-1: anonymous); owned if ``_owns_fd``
+        self.fd = fileno
+        self._owns_fd = False
+        self.shared = flags == mmap.MAP_SHARED
+        self.offset = offset
+        self.mmap = mmap.mmap(fileno, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                              offset=offset)
         # The host virtual address, for engines that map it into the guest.
         self._anchor = ctypes.c_char.from_buffer(self.mmap)
         self.host_address = ctypes.addressof(self._anchor)
+
+    @classmethod
+    def memfd(cls, size: int, name: str = "memfd") -> "Backing":
+        """Shared memory (``memfd_create``, ``MAP_SHARED``): other mappings of
+        :attr:`fd` see the same pages; :meth:`cow_clone` can start from it."""
+        fd = os.memfd_create(f"smartvm-{name}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            backing = cls(size, fileno=fd, shared=True, name=name)
+        except BaseException:
+            os.close(fd)
+            raise
+        backing._owns_fd = True
+        return backing
+
+    @classmethod
+    def from_file(cls, path: "str | os.PathLike[str]", size: int | None = None, *, shared: bool = False,
+                  name: str | None = None) -> "Backing":
+        """Map a file: ``shared=True`` writes go to the file, otherwise copy-on-write.
+
+        ``size`` defaults to the file size rounded up to a page; a private
+        mapping may be larger than the file (the tail reads as zeros), a
+        shared one grows the file. Raises :class:`GuestMemoryError` naming the
+        file if it cannot be opened.
+        """
+        label = name or os.path.basename(str(path))
+        try:
+            fd = os.open(path, (os.O_RDWR if shared else os.O_RDONLY) | os.O_CLOEXEC)
+        except OSError as e:
+            raise GuestMemoryError(0, size or 0, f"backing file {path}: {e.strerror}") from None
+        try:
+            length = os.fstat(fd).st_size
+            size = page_align_up(size if size is not None else max(length, 1))
+            if shared and length < size:
+                os.ftruncate(fd, size)
+            if not shared and length < size:
+                # MAP_PRIVATE past the end of a file faults (SIGBUS): map an
+                # anonymous copy-on-write area and lay the file over its head
+                backing = cls(size, name=label)
+                with open(fd, "rb", closefd=False) as f:
+                    f.readinto(backing.mmap)  # type: ignore[arg-type]
+                os.close(fd)
+                return backing
+            backing = cls(size, fileno=fd, shared=shared, copy_on_write=not shared, name=label)
+        except BaseException:
+            os.close(fd)
+            raise
+        backing._owns_fd = True
+        return backing
+
+    def cow_clone(self, name: str | None = None) -> "Backing":
+        """A copy-on-write clone: same contents now, no copy made, writes never shared.
+
+        Needs a shared file mapping (:meth:`memfd`, or :meth:`from_file` with
+        ``shared=True``). This backing is first *frozen*: it is remapped
+        ``MAP_PRIVATE`` over the same file at the same host address (engines
+        that map it keep working), so from now on neither its writes nor the
+        clone's reach the file, and each sees only its own writes.
+        """
+        if self.fd < 0:
+            raise GuestMemoryError(0, self.size, f"backing {self.name!r} is anonymous memory: "
+                                   "use a memfd or shared file backing to clone it without copying")
+        if not self.shared:
+            # already frozen: our own writes since then live only in our
+            # private pages, so the base file is stale; make a new base once
+            fd = os.memfd_create(f"smartvm-{self.name}-base", os.MFD_CLOEXEC)
+            os.ftruncate(fd, self.size)
+            os.pwrite(fd, self.mmap, 0)  # type: ignore[arg-type]
+            if self._owns_fd:
+                os.close(self.fd)
+            self.fd, self._owns_fd, self.offset = fd, True, 0
+        _remap_private(self.host_address, self.size, self.fd, self.offset)
+        self.shared = False
+        clone = Backing(self.size, fileno=self.fd, copy_on_write=True, name=name or f"{self.name}-clone",
+                        offset=self.offset)
+        clone.fd = os.dup(self.fd)
+        clone._owns_fd = True
+        return clone
 
     def close(self) -> None:
         self._anchor = None  # release the buffer export before closing
@@ -56,6 +148,27 @@ class Backing:
             self.mmap.close()
         except BufferError:  # a view is still alive somewhere; the GC closes it
             pass
+        if self._owns_fd and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+_libc = None
+
+
+def _remap_private(address: int, size: int, fd: int, offset: int) -> None:
+    """Replace the mapping at ``address`` by a private mapping of ``fd`` (``MAP_FIXED``)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.mmap.restype = ctypes.c_void_p
+        _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                               ctypes.c_int, ctypes.c_long)
+    map_fixed = 0x10
+    got = _libc.mmap(address, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | map_fixed, fd, offset)
+    if got != address:
+        err = ctypes.get_errno()
+        raise GuestMemoryError(0, size, f"cannot remap backing copy-on-write: {os.strerror(err)}")
 
 
 @attrs.define(eq=False)
@@ -221,6 +334,12 @@ class GuestMemory:
             r.view[off:off + size] = data
             return
         mv = memoryview(data).cast("B")
+        pos = 0
+        while pos < size:  # check the whole range first: a failing write stores nothing
+            r = self.region_at(gpa + pos)
+            if r is None:
+                raise GuestMemoryError(gpa + pos, size - pos, "no memory at this address")
+            pos += min(size - pos, r.end - (gpa + pos))
         pos = 0
         while pos < size:
             r = self.region_at(gpa + pos)

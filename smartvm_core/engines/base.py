@@ -21,8 +21,15 @@ import attrs
 
 from ..cpu import Registers, SpecialRegisters
 from ..exit import VmExit
-from ..memory import GuestMemory
+from ..memory import GuestMemory, MemoryRegion
 from ..vmx import EventInjection, Vmcs
+
+
+#: EPT permission bits (SDM Vol. 3, 29.3.2: EPT entry bits 0-2), for :meth:`Engine.set_page_protection`
+EPT_READ = 1
+EPT_WRITE = 2
+EPT_EXEC = 4
+EPT_ALL = EPT_READ | EPT_WRITE | EPT_EXEC
 
 
 @attrs.define(frozen=True)
@@ -226,6 +233,74 @@ class Engine(ABC):
     def set_irq(self, line: int, level: bool) -> None:
         """Drive an interrupt line of the engine's own interrupt controller (``irqchip = "kernel"``)."""
         raise NotImplementedError(f"engine {self.name} has no interrupt controller of its own")
+
+    # -- guest-physical page policies (used by memory policies such as smartvm-ept) ----
+    #: EPT permission bits an engine can take away per 4-KiB page through
+    #: :meth:`set_page_protection` (a mix of :data:`EPT_READ`, :data:`EPT_WRITE`,
+    #: :data:`EPT_EXEC`); 0: none.
+    page_protection_bits: ClassVar[int] = 0
+
+    def set_page_protection(self, gpa: int, size: int, allowed: int) -> None:
+        """Set what the guest may do to the RAM pages of ``[gpa, gpa + size)``.
+
+        ``allowed`` mixes :data:`EPT_READ`, :data:`EPT_WRITE`, :data:`EPT_EXEC`
+        (SDM EPT entry bits 0-2); ``EPT_ALL`` restores full access. A guest
+        access the protection forbids exits with ``EPT_VIOLATION``: exit
+        qualification bits 0-2 say the access (read, write, fetch) and bits
+        3-5 what the page allowed; ``guest_physical_address``, ``size``,
+        ``is_write`` and, for writes, ``value`` are set. When the handlers
+        return, the engine completes the access against the protection then
+        in force: if a handler allowed it (changed the protection), it is
+        performed (the retry); otherwise a write is dropped (a handler that
+        wants it stored writes ``machine.memory`` itself) and the guest goes
+        on, and a read or fetch exits again (its handler must allow it or
+        stop the VM). Pages of read-only regions (ROM) keep their own rules.
+
+        Engines list what they can remove in :attr:`page_protection_bits`;
+        the default refuses. ``gpa`` and ``size`` must be page aligned.
+        """
+        raise NotImplementedError(f"engine {self.name} has no per-page protection")
+
+    def page_protection(self, gpa: int) -> int:
+        """The EPT permissions in force for the page holding ``gpa`` (``EPT_ALL`` unless restricted)."""
+        return EPT_ALL
+
+    def start_dirty_log(self, region: MemoryRegion) -> None:
+        """Start logging the pages of ``region`` the guest writes (harvested by :meth:`dirty_log`).
+
+        The default uses the engine's ``enable_dirty_logging(region)``
+        (the ``kvm`` engine's ``KVM_MEM_LOG_DIRTY_PAGES``); engines without
+        native dirty logging raise ``NotImplementedError`` and memory
+        policies fall back to write-protecting pages (:meth:`set_page_protection`).
+        """
+        enable = getattr(self, "enable_dirty_logging", None)
+        if enable is None:
+            raise NotImplementedError(f"engine {self.name} has no native dirty logging")
+        enable(region, True)
+
+    def stop_dirty_log(self, region: MemoryRegion) -> None:
+        """Stop logging ``region`` (see :meth:`start_dirty_log`)."""
+        enable = getattr(self, "enable_dirty_logging", None)
+        if enable is None:
+            raise NotImplementedError(f"engine {self.name} has no native dirty logging")
+        enable(region, False)
+
+    def dirty_log(self, region: MemoryRegion) -> bytes:
+        """Harvest: bitmap of the pages of ``region`` written since the last harvest
+        (bit ``n`` = page ``n``, little-endian bit order per byte), and clear it.
+
+        The default uses the engine's ``get_dirty_log(region)`` (``KVM_GET_DIRTY_LOG``).
+        """
+        get = getattr(self, "get_dirty_log", None)
+        if get is None:
+            raise NotImplementedError(f"engine {self.name} has no native dirty logging")
+        return get(region)
+
+    @property
+    def has_native_dirty_log(self) -> bool:
+        """True if :meth:`start_dirty_log` / :meth:`dirty_log` work on this engine."""
+        return (type(self).start_dirty_log is not Engine.start_dirty_log
+                or hasattr(self, "enable_dirty_logging"))
 
     def save_state(self) -> dict[str, Any]:
         """Engine-level state (in-kernel irqchip, clock ...) as plain data."""

@@ -1,0 +1,110 @@
+"""Interrupt-window exiting, the preemption timer, triple faults, delivery with a stack switch,
+64-bit IST and from virtual-8086 mode."""
+
+import time
+
+from smartvm_core.cpu import Registers, Segment, SpecialRegisters
+from smartvm_core.vmx import ExitReason, ProcBasedControls, VmcsField
+
+from .helpers import make, set_proc
+
+
+def _window_exit_after(vcpu, mem, port):
+    e = vcpu.run()
+    assert (e.reason, e.port) == (ExitReason.IO_INSTRUCTION, port), e.describe()
+    assert not vcpu.interrupt_window_open()          # IF = 0
+    vcpu.set_interrupt_window_exiting(True)
+    e = vcpu.run()
+    assert e.reason == ExitReason.INTERRUPT_WINDOW, e.describe()
+    assert vcpu.interrupt_window_open()
+    vcpu.set_interrupt_window_exiting(False)
+    return vcpu.get_regs()
+
+
+def test_interrupt_window_opens_after_sti_shadow_popf_and_iret():
+    mem, engine, vcpu = make("window16")
+    regs = _window_exit_after(vcpu, mem, 0x80)
+    # STI; INC AX (shadow); window exit before INC BX
+    assert (regs.rax & 0xFFFF, regs.rbx & 0xFFFF) == (2, 2)
+    assert mem.read_u8(regs.rip) == 0x43                                               # inc bx not run yet
+    regs = _window_exit_after(vcpu, mem, 0x81)
+    assert regs.rax & 0xFFFF == 2 and mem.read_u8(regs.rip - 1) == 0x9D               # right after POPF
+    assert mem.read_u8(regs.rip) == 0x40                                               # inc ax not run yet
+    regs = _window_exit_after(vcpu, mem, 0x82)
+    assert regs.rax & 0xFFFF == 3 and mem.read_u8(regs.rip) == 0x40                   # right after IRET
+    e = vcpu.run()
+    assert e.reason == ExitReason.HLT and vcpu.get_regs().rax & 0xFFFF == 4
+    engine.close()
+
+
+def test_preemption_timer_stops_a_spinning_guest():
+    mem, engine, vcpu = make("exits16")
+    mem.write(0x1000, b"\xeb\xfe")              # jmp $
+    vcpu.set_timer_deadline(time.monotonic_ns() + 20_000_000)
+    e = vcpu.run()
+    assert e.reason == ExitReason.VMX_PREEMPTION_TIMER_EXPIRED
+    assert vcpu.get_regs().rip == 0x1000
+    engine.close()
+
+
+def test_triple_fault_from_an_empty_idt():
+    mem, engine, vcpu = make("triple32", mode="protected32")
+    e = vcpu.run()
+    assert e.reason == ExitReason.IO_INSTRUCTION
+    e = vcpu.run()
+    assert e.reason == ExitReason.TRIPLE_FAULT
+    engine.close()
+
+
+def test_double_fault_goes_to_the_exception_bitmap_when_asked():
+    mem, engine, vcpu = make("triple32", mode="protected32")
+    vcpu.vmcs[VmcsField.EXCEPTION_BITMAP] = 1 << 6
+    vcpu.run()
+    e = vcpu.run()
+    assert e.reason == ExitReason.EXCEPTION_NMI and e.interruption_info & 0xFF == 6
+    engine.close()
+
+
+def test_long_mode_ist_stack():
+    mem, engine, vcpu = make("ist64", mode="long")
+    e = vcpu.run()
+    assert (e.reason, e.port) == (ExitReason.IO_INSTRUCTION, 0x80), e.describe()
+    assert mem.read_u64(0x620) == 0x9000 - 5 * 8     # IST1 top minus the 5-qword frame
+    assert vcpu.get_regs().rsp == 0x8000
+    engine.close()
+
+
+def _v86_machine():
+    mem, engine, vcpu = make("v86", mode="protected32")
+    return mem, engine, vcpu
+
+
+def test_virtual_8086_mode_exits_and_delivery():
+    mem, engine, vcpu = _v86_machine()
+    vcpu.vmcs[VmcsField.EXCEPTION_BITMAP] = 0
+    e = vcpu.run()
+    assert (e.reason, e.port, e.value) == (ExitReason.IO_INSTRUCTION, 0x80, 0x11), e.describe()
+    assert vcpu.get_regs().rflags & (1 << 17)           # EFLAGS.VM
+    from smartvm_core.cpu import cpu_mode
+    assert cpu_mode(vcpu.get_sregs(), vcpu.get_regs().rflags) == "v8086"
+    e = vcpu.run()                                      # RDMSR: #GP to the monitor, INT 0x21 via the IDT
+    assert e.reason == ExitReason.CPUID, e.describe()
+    assert mem.read_u32(0x640) == 1                     # one #GP (RDMSR at CPL 3)
+    assert mem.read_u32(0x648) & 0xFFFF == 0x10         # ring-0 SS from the TSS
+    assert mem.read_u32(0x64C) == 0x8000 - 9 * 4        # ESP0 minus the 9-dword v8086 frame
+    assert vcpu.get_regs().rflags & (1 << 17)
+    vcpu.skip_instruction()
+    e = vcpu.run()                                      # VMCALL in v8086 mode: #UD, handled by the monitor
+    assert (e.reason, e.port, e.value) == (ExitReason.IO_INSTRUCTION, 0x81, 0x22), e.describe()
+    assert mem.read_u32(0x650) == 1
+    engine.close()
+
+
+def test_v8086_exceptions_reach_the_exception_bitmap():
+    mem, engine, vcpu = _v86_machine()
+    vcpu.vmcs[VmcsField.EXCEPTION_BITMAP] = 1 << 13
+    vcpu.run()
+    e = vcpu.run()
+    assert e.reason == ExitReason.EXCEPTION_NMI and e.interruption_info & 0xFF == 13
+    assert mem.read_u16(vcpu.get_sregs().cs.base + vcpu.get_regs().rip) == 0x320F   # at the RDMSR
+    engine.close()
