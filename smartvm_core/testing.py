@@ -60,3 +60,29 @@ def run_experiment(config: dict[str, Any], **kwargs: Any) -> RunResult:
         return RunResult(stop, machine.console.text(), report, machine.exit_counts(), machine)
     finally:
         machine.close()
+
+
+#: the core's engines, for tests that run a guest on each
+ENGINES = ("soft", "kvm")
+
+_availability: dict[str, Any] = {}
+
+
+def engine_availability(name: str) -> Any:
+    """The :class:`~smartvm_core.engines.base.Availability` of a registered engine (probed once)."""
+    if name not in _availability:
+        from .builder import registered_engines
+        from .engines.base import Availability
+        engines = registered_engines(get_plugin_manager(entry_points=False))
+        cls = engines.get(name)
+        _availability[name] = (cls.probe() if cls is not None
+                               else Availability(False, f"engine {name} is not registered"))
+    return _availability[name]
+
+
+def require_engine(name: str) -> None:
+    """Skip the calling test, with the probed reason, unless engine ``name`` can run here."""
+    import pytest
+    avail = engine_availability(name)
+    if not avail.usable:
+        pytest.skip(f"{name} engine unusable here: {avail.reason}")

@@ -5,18 +5,12 @@ from __future__ import annotations
 import pytest
 
 from guests_build import build_guest
-from smartvm_core.engines.kvm.engine import KvmEngine
-from smartvm_core.testing import run_experiment
-
-ENGINES = ["soft", "kvm"]
+from smartvm_core.testing import ENGINES, require_engine, run_experiment
 
 
 @pytest.fixture(params=ENGINES)
 def engine(request):
-    if request.param == "kvm":
-        a = KvmEngine.probe()
-        if not a.usable:
-            pytest.skip(f"kvm engine not usable here: {a.reason}")
+    require_engine(request.param)
     return request.param
 
 

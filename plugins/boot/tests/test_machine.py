@@ -82,12 +82,8 @@ def run_image(engine: str, image: dict, *, memory: str = "64M", timeout: float =
 
 def engine_usable(name: str) -> str | None:
     """None if the engine can run here, else the probed reason."""
-    from smartvm_core.builder import registered_engines
-    pm = get_plugin_manager(entry_points=False)
-    engines = registered_engines(pm)
-    if name not in engines:
-        return f"engine {name} is not registered"
-    avail = engines[name].probe()
+    from smartvm_core.testing import engine_availability
+    avail = engine_availability(name)
     return None if avail.usable else avail.reason
 
 

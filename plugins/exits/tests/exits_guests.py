@@ -13,30 +13,14 @@ for p in (ROOT, ROOT / "guests", ROOT / "plugins" / "exits", ROOT / "plugins" / 
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-ENGINES = ("soft", "kvm")
-
-
-def engine_availability(name: str):
-    if name == "soft":
-        from smartvm_core.engines.soft import SoftEngine
-        return SoftEngine.probe()
-    from smartvm_core.engines.kvm.engine import KvmEngine
-    return KvmEngine.probe()
+from smartvm_core.testing import ENGINES, engine_availability, require_engine  # noqa: E402,F401
 
 
 @pytest.fixture(params=ENGINES)
 def engine(request):
     """Each guest test runs on every engine this host can run (the others skip with the probed reason)."""
-    avail = engine_availability(request.param)
-    if not avail.usable:
-        pytest.skip(f"{request.param} engine unusable here: {avail.reason}")
+    require_engine(request.param)
     return request.param
-
-
-def require_engine(name: str) -> None:
-    avail = engine_availability(name)
-    if not avail.usable:
-        pytest.skip(f"{name} engine unusable here: {avail.reason}")
 
 
 def guest(name: str, defines=None) -> Path:
