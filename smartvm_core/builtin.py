@@ -45,9 +45,30 @@ def select_engine(experiment: "Experiment", available: "dict[str, Availability]"
     return None
 
 
+def _completes_at_exit(machine: "Machine") -> bool:
+    """True if every vCPU's engine completed the I/O or MMIO instruction before reporting it.
+
+    Such engines (KVM) set ``io_completed_at_exit = True`` on their vCPUs;
+    their ``skip_instruction`` is a no-op for these exits, so the handlers
+    below need not call it.
+    """
+    return bool(machine.vcpus) and all(getattr(v, "io_completed_at_exit", False) for v in machine.vcpus)
+
+
 def make_io_handler(machine: "Machine") -> Callable[["EngineVcpu", "VmExit"], bool]:
     pio = machine.pio
     read, write = pio.read, pio.write
+    unclaimed_read, unclaimed_write = pio.unclaimed_read, pio.unclaimed_write
+    cache = pio.cache
+
+    def string_io(exit: "VmExit", data: bytearray) -> None:
+        # string I/O: the engine moved memory to/from ``data``
+        size, port = exit.size, exit.port
+        for off in range(0, exit.count * size, size):
+            if exit.is_in:
+                data[off:off + size] = read(port, size).to_bytes(size, "little")
+            else:
+                write(port, size, int.from_bytes(data[off:off + size], "little"))
 
     def handle_io_instruction(vcpu: "EngineVcpu", exit: "VmExit") -> bool:
         data = exit.data
@@ -56,36 +77,64 @@ def make_io_handler(machine: "Machine") -> Callable[["EngineVcpu", "VmExit"], bo
                 exit.value = read(exit.port, exit.size)
             else:
                 write(exit.port, exit.size, exit.value)
-        else:  # string I/O: the engine moved memory to/from ``data``
-            size, port = exit.size, exit.port
-            for off in range(0, exit.count * size, size):
-                if exit.is_in:
-                    data[off:off + size] = read(port, size).to_bytes(size, "little")
-                else:
-                    write(port, size, int.from_bytes(data[off:off + size], "little"))
+        else:
+            string_io(exit, data)
         vcpu.skip_instruction()
         return True
 
+    def handle_io_instruction_completed(vcpu: "EngineVcpu", exit: "VmExit") -> bool:
+        # The same for engines that already moved RIP past the instruction, with
+        # the bus lookup inlined: a port seen before goes straight to its device.
+        port = exit.port
+        size = exit.size
+        entry = cache.get(port)
+        if entry is not None and exit.data is None:
+            base, end, device = entry
+            if port + size <= end:
+                if exit.is_in:
+                    exit.value = device.read(port - base, size)
+                else:
+                    device.write(port - base, size, exit.value)
+            elif exit.is_in:
+                exit.value = unclaimed_read(port, size)
+            else:
+                unclaimed_write(port, size)
+        elif exit.data is None:
+            if exit.is_in:
+                exit.value = read(port, size)
+            else:
+                write(port, size, exit.value)
+        else:
+            string_io(exit, exit.data)
+        return True
+
+    if _completes_at_exit(machine):
+        handle_io_instruction_completed.__name__ = "handle_io_instruction"
+        return handle_io_instruction_completed
     return handle_io_instruction
 
 
 def make_mmio_handler(machine: "Machine") -> Callable[["EngineVcpu", "VmExit"], bool]:
     memory, mmio = machine.memory, machine.mmio
+    region_at = memory.region_at
+    skip = not _completes_at_exit(machine)  # KVM: RIP is already past the instruction
 
     def handle_ept_violation(vcpu: "EngineVcpu", exit: "VmExit") -> bool:
         gpa = exit.guest_physical_address
-        region = memory.region_at(gpa)
+        region = region_at(gpa)
         if region is not None:
             if region.readonly and exit.is_write:  # ROM: the write is dropped, as on hardware
                 memory.rom_writes_dropped[region.name] = memory.rom_writes_dropped.get(region.name, 0) + 1
-                vcpu.skip_instruction()
+                if skip:
+                    vcpu.skip_instruction()
                 return True
             return False  # a RAM page a memory policy protects: not ours
         if exit.is_write:
             mmio.write(gpa, exit.size, exit.value)
         else:
             exit.value = mmio.read(gpa, exit.size)
-        vcpu.skip_instruction()
+        if skip:
+            vcpu.skip_instruction()
         return True
 
     return handle_ept_violation

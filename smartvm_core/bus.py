@@ -9,6 +9,7 @@ reads float (all ones), writes are dropped, both are counted.
 from __future__ import annotations
 
 import bisect
+import collections
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -49,6 +50,14 @@ class BusRange:
 
 _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
+#: the per-address lookup cache is dropped when it grows past this many addresses
+#: (a guest touching many distinct addresses must not grow host memory without bound)
+CACHE_LIMIT = 4096
+#: how many unclaimed accesses :attr:`Bus.unclaimed_log` keeps
+UNCLAIMED_LOG = 16
+#: cache entry of an address no device claims
+_UNCLAIMED = (0, 0, None)
+
 
 class Bus:
     """Disjoint ranges of one address space, each owned by a device."""
@@ -60,8 +69,13 @@ class Bus:
         self._ranges: list[BusRange] = []
         self.unclaimed_reads = 0
         self.unclaimed_writes = 0
-        #: the last few unclaimed addresses (for reports)
-        self.unclaimed_log: list[tuple[str, int, int]] = []
+        #: the last few unclaimed accesses ``(kind, address, size)``, oldest first (for reports)
+        self.unclaimed_log: collections.deque[tuple[str, int, int]] = collections.deque(maxlen=UNCLAIMED_LOG)
+        #: address -> ``(base, end, device)`` of the range holding it (``(0, 0, None)``:
+        #: unclaimed), filled by :meth:`read`/:meth:`write` on first access and
+        #: cleared (the same dict) whenever ranges change. A hot path may look an
+        #: address up here and fall back to :meth:`read`/:meth:`write` on a miss.
+        self.cache: dict[int, tuple[int, int, Any]] = {}
 
     def register(self, base: int, size: int, device: Any, name: str | None = None) -> BusRange:
         """Map ``[base, base + size)`` to ``device``; overlap is refused."""
@@ -77,12 +91,14 @@ class Bus:
                     f"{other.name} at [{other.base:#x}, {other.end - 1:#x}]")
         self._bases.insert(i, base)
         self._ranges.insert(i, rng)
+        self.cache.clear()
         return rng
 
     def unregister(self, rng: BusRange) -> None:
         i = self._ranges.index(rng)
         del self._ranges[i]
         del self._bases[i]
+        self.cache.clear()
 
     @property
     def ranges(self) -> tuple[BusRange, ...]:
@@ -96,28 +112,49 @@ class Bus:
                 return rng
         return None
 
-    def read(self, addr: int, size: int) -> int:
+    def _lookup(self, addr: int) -> tuple[int, int, Any]:
+        """``(base, end, device)`` of the range holding ``addr`` (cached), or ``(0, 0, None)``."""
         i = bisect.bisect_right(self._bases, addr) - 1
+        entry = _UNCLAIMED
         if i >= 0:
             rng = self._ranges[i]
-            if addr + size <= rng.base + rng.size:
-                return rng.device.read(addr - rng.base, size)
-        self.unclaimed_reads += 1
-        self._log("read", addr, size)
-        return _ONES.get(size, (1 << (8 * size)) - 1)
+            if addr < rng.base + rng.size:
+                entry = (rng.base, rng.base + rng.size, rng.device)
+        cache = self.cache
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[addr] = entry
+        return entry
+
+    def read(self, addr: int, size: int) -> int:
+        try:
+            base, end, device = self.cache[addr]
+        except KeyError:
+            base, end, device = self._lookup(addr)
+        if addr + size <= end:
+            return device.read(addr - base, size)
+        return self.unclaimed_read(addr, size)
 
     def write(self, addr: int, size: int, value: int) -> None:
-        i = bisect.bisect_right(self._bases, addr) - 1
-        if i >= 0:
-            rng = self._ranges[i]
-            if addr + size <= rng.base + rng.size:
-                rng.device.write(addr - rng.base, size, value)
-                return
-        self.unclaimed_writes += 1
-        self._log("write", addr, size)
+        try:
+            base, end, device = self.cache[addr]
+        except KeyError:
+            base, end, device = self._lookup(addr)
+        if addr + size <= end:
+            device.write(addr - base, size, value)
+            return
+        self.unclaimed_write(addr, size)
 
-    def _log(self, kind: str, addr: int, size: int) -> None:
-        log = self.unclaimed_log
-        if len(log) >= 16:
-            del log[0]
-        log.append((kind, addr, size))
+    def unclaimed_read(self, addr: int, size: int) -> int:
+        """The bus policy for a read no device claims: counted, logged, all ones (floating)."""
+        self.unclaimed_reads += 1
+        self.unclaimed_log.append(("read", addr, size))
+        try:
+            return _ONES[size]
+        except KeyError:
+            return (1 << (8 * size)) - 1
+
+    def unclaimed_write(self, addr: int, size: int) -> None:
+        """The bus policy for a write no device claims: counted, logged, dropped."""
+        self.unclaimed_writes += 1
+        self.unclaimed_log.append(("write", addr, size))

@@ -16,7 +16,15 @@ on the hot path does not decode bits again:
   engine to raise #GP(0) in the guest instead of completing the access.
 
 One :class:`VmExit` object is reused per vCPU; handlers must copy what they
-want to keep.
+want to keep. Fields an exit does not use hold their neutral values (those
+:meth:`VmExit.reset` sets). Handlers write only the answer fields (``value`` and
+``data``; ``fault`` on MSR exits).
+
+Engines may skip :meth:`VmExit.reset` on their hot paths: an engine that
+fills the same fast-path fields on every exit of one kind (say, an OUT
+after an OUT) marks the object with ``fast_kind`` and resets it only when the
+kind changes, because every field outside that kind's set is still neutral.
+Any call to :meth:`VmExit.reset` clears the mark.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ class VmExit:
         "interruption_info", "interruption_error_code",
         "idt_vectoring_info", "idt_vectoring_error_code",
         "port", "size", "is_in", "is_write", "count", "value", "data", "msr", "fault",
-        "detail",
+        "detail", "fast_kind",
     )
 
     def __init__(self) -> None:
@@ -61,6 +69,8 @@ class VmExit:
         self.fault = False
         #: engine-specific extra information for reports (e.g. KVM's raw exit data)
         self.detail: dict[str, Any] | None = None
+        #: engine-private: which fast path filled this object since the last reset (0: none)
+        self.fast_kind = 0
         return self
 
     def decoded(self) -> Any:

@@ -25,7 +25,11 @@ TABLE_SIZE = 128
 
 
 class ExitStats:
-    """Exits per reason and time spent in the VMM per reason, for one vCPU (ns)."""
+    """Exits per reason and time spent in the VMM per reason, for one vCPU (ns).
+
+    ``counts``, ``times`` and ``total`` are current after every exit;
+    ``guest_ns`` when the vCPU's loop parks or ends.
+    """
 
     __slots__ = ("counts", "times", "guest_ns", "total", "inline_ns")
 
@@ -87,7 +91,12 @@ class DispatchTable:
 
 
 def run_vcpu(machine: "Machine", vcpu: "EngineVcpu", stats: ExitStats, *, boot: bool) -> None:
-    """Run one vCPU until the machine stops. The whole core, on one screen."""
+    """Run one vCPU until the machine stops. The whole core, on one screen.
+
+    Time per exit reason is measured around each dispatch; guest time is the
+    rest of the loop's wall time (parked time excluded), added to
+    ``stats.guest_ns`` when the loop parks or ends.
+    """
     table = machine.dispatch.table
     run = vcpu.run
     counts, times = stats.counts, stats.times
@@ -96,41 +105,44 @@ def run_vcpu(machine: "Machine", vcpu: "EngineVcpu", stats: ExitStats, *, boot: 
     clock = machine.clock
     control = machine.control
     last_deadline = None
-    t_resume = perf()
-    while not control.stop_requested:
-        if control.pause_requested:
-            machine._park(vcpu)
-            t_resume = perf()
-            continue
-        if irq.controller is not None and irq.pending():               # event injection
-            if vcpu.interrupt_window_open():
-                vcpu.inject_event(EventInjection(EntryInterruptionInfo.external_interrupt(irq.acknowledge())))
+    t_start = perf()
+    vmm_start = sum(times)  # handler time (this loop's and inline dispatches') is not guest time
+    try:
+        while not control.stop_requested:
+            if control.pause_requested:
+                t_park = perf()
+                stats.guest_ns += t_park - t_start - (sum(times) - vmm_start)
+                machine._park(vcpu)
+                t_start = perf()
+                vmm_start = sum(times)
+                continue
+            if irq.controller is not None and irq.pending():               # event injection
+                if vcpu.interrupt_window_open():
+                    vcpu.inject_event(EventInjection(EntryInterruptionInfo.external_interrupt(irq.acknowledge())))
+                else:
+                    vcpu.set_interrupt_window_exiting(True)
+            if boot and clock.earliest_host_ns != last_deadline:            # VMX-preemption timer
+                last_deadline = clock.earliest_host_ns
+                vcpu.set_timer_deadline(last_deadline)
+            exit = run()                                                     # VM entry ... VM exit
+            if exit is None:          # the engine dispatched inline (see make_inline_dispatcher)
+                continue
+            t0 = perf()
+            reason = exit.reason
+            for handler in table[reason]:                                    # dispatch
+                if handler(vcpu, exit):
+                    break
             else:
-                vcpu.set_interrupt_window_exiting(True)
-        if boot and clock.earliest_host_ns != last_deadline:            # VMX-preemption timer
-            last_deadline = clock.earliest_host_ns
-            vcpu.set_timer_deadline(last_deadline)
-        inline_before = stats.inline_ns
-        exit = run()                                                     # VM entry ... VM exit
-        t0 = perf()
-        if exit is None:          # the engine dispatched inline (see make_inline_dispatcher)
-            stats.guest_ns += t0 - t_resume - (stats.inline_ns - inline_before)
-            t_resume = t0
-            continue
-        stats.guest_ns += t0 - t_resume
-        reason = exit.reason
-        for handler in table[reason]:                                    # dispatch
-            if handler(vcpu, exit):
-                break
-        else:
-            machine.unhandled_exit(vcpu, exit)
-            return
-        counts[reason] += 1
-        stats.total += 1
-        t_resume = perf()
-        times[reason] += t_resume - t0
-        if stats.total >= control.max_exits:                             # stop conditions
-            machine.stop("max-exits", f"{stats.total} exits on vCPU {vcpu.index}")
+                machine.unhandled_exit(vcpu, exit)
+                return
+            counts[reason] += 1
+            total = stats.total + 1
+            stats.total = total
+            times[reason] += perf() - t0
+            if total >= control.max_exits:                                   # stop conditions
+                machine.stop("max-exits", f"{total} exits on vCPU {vcpu.index}")
+    finally:
+        stats.guest_ns += perf() - t_start - (sum(times) - vmm_start)
 
 
 def make_inline_dispatcher(machine: "Machine", vcpu: "EngineVcpu", stats: ExitStats,

@@ -17,8 +17,6 @@ any hook implementation without a specification, naming the plugin.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -42,8 +40,9 @@ ESSENTIAL_PLUGINS: tuple[str, ...] = ("core",)
 
 
 def _entry_point_names_by_dist() -> dict[str, list[str]]:
+    from importlib import metadata  # heavy (zipfile, email ...): only when entry points are scanned
     out: dict[str, list[str]] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else ""
         out.setdefault(_norm(dist), []).append(ep.name)
     return out
@@ -73,8 +72,10 @@ def get_plugin_manager(*, disable: Iterable[str] = (), load: Iterable[str] = (),
     pm = pluggy.PluginManager("smartvm")
     pm.add_hookspecs(importlib.import_module("smartvm_core.hookspec"))
     blocked = set()
-    dists = _entry_point_names_by_dist() if entry_points else {}
-    for name in [*disable, *disabled_from_env()]:
+    names = [*disable, *disabled_from_env()]
+    # the distribution scan is only needed to block by distribution name
+    dists = _entry_point_names_by_dist() if entry_points and names else {}
+    for name in names:
         if name in ESSENTIAL_PLUGINS:
             raise ConfigError(source, f"plugin {name!r}", "is essential and cannot be disabled")
         blocked.add(name)
@@ -111,13 +112,14 @@ def get_plugin_manager(*, disable: Iterable[str] = (), load: Iterable[str] = (),
 
 def _import_experiment_plugin(spec: str, base_dir: Path, source: str) -> tuple[str, Any]:
     if spec.endswith(".py"):
+        from importlib import util as importlib_util
         path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
         if not path.is_file():
             raise ConfigError(source, "plugins.load", f"no such plugin file: {path}")
         name = f"experiment:{path.stem}"
-        modspec = importlib.util.spec_from_file_location(f"smartvm_experiment_{path.stem}", path)
+        modspec = importlib_util.spec_from_file_location(f"smartvm_experiment_{path.stem}", path)
         assert modspec is not None and modspec.loader is not None
-        module = importlib.util.module_from_spec(modspec)
+        module = importlib_util.module_from_spec(modspec)
         try:
             modspec.loader.exec_module(module)
         except Exception as e:

@@ -73,6 +73,9 @@ MSR_DATA_OFFSET = _UNION + 16
 U64 = struct.Struct("<Q")
 VALUE = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
 _IO_SIZE_CODE = {1: 0, 2: 1, 4: 3}
+#: I/O qualification bits 3:0 (size code, direction) by access size, OUT and IN (kvm_run's size is a u8)
+_Q_OUT = tuple(_IO_SIZE_CODE.get(n, 0) for n in range(256))
+_Q_IN = tuple(q | 0x8 for q in _Q_OUT)
 _MASK = {n: (1 << (8 * n)) - 1 for n in range(9)}
 
 _IO = int(ExitReason.IO_INSTRUCTION)
@@ -89,35 +92,52 @@ class KvmInternalError(EngineError):
         super().__init__(message)
 
 
+#: ``VmExit.fast_kind`` marks of the two hot paths (see :mod:`smartvm_core.exit`)
+FAST_IO = 1
+FAST_MMIO = 2
+
+
 def _io(v: "KvmVcpu") -> "VmExit":
     e = v.exit
-    direction, size, port, count, off = IO_HDR.unpack_from(v.mm, _UNION)
-    e.reason = _IO
+    mm = v.mm
+    direction, size, port, count, off = IO_HDR.unpack_from(mm, _UNION)
+    if count != 1:
+        return _string_io(v, direction, size, port, count, off)
+    # Hot path. After an I/O exit of the same kind, every field outside the
+    # ones set below is still neutral (reason, count 1, data None ...).
+    if e.fast_kind != FAST_IO:
+        e.reset(_IO)
+        e.fast_kind = FAST_IO
     e.port = port
     e.size = size
-    e.count = count
-    q = _IO_SIZE_CODE.get(size, 0) | port << 16
-    if count != 1:
-        q |= 0x30  # string, REP
-    if direction == s.KVM_EXIT_IO_OUT:
+    if direction:  # KVM_EXIT_IO_OUT
         e.is_in = False
-        if count == 1:
-            e.value = VALUE[size].unpack_from(v.mm, off)[0]
-            e.data = None
-        else:
-            e.value = 0
-            e.data = bytearray(v.mm[off:off + size * count])
+        e.value = mm[off] if size == 1 else VALUE[size].unpack_from(mm, off)[0]
+        e.qualification = _Q_OUT[size] | port << 16
     else:
-        q |= 0x8
         e.is_in = True
         e.value = 0
         v.wb_offset = off
-        if count == 1:
-            e.data = None
-            v.writeback = WB_IO_IN
-        else:
-            e.data = bytearray(size * count)
-            v.writeback = WB_IO_IN_STRING
+        v.writeback = WB_IO_IN
+        e.qualification = _Q_IN[size] | port << 16
+    return e
+
+
+def _string_io(v: "KvmVcpu", direction: int, size: int, port: int, count: int, off: int) -> "VmExit":
+    """INS/OUTS with a repeat count: the data moves through ``exit.data``."""
+    e = v.exit.reset(_IO)  # fast_kind 0: the next I/O exit resets data and count again
+    e.port = port
+    e.size = size
+    e.count = count
+    q = _IO_SIZE_CODE.get(size, 0) | 0x30 | port << 16  # string, REP
+    if direction == s.KVM_EXIT_IO_OUT:
+        e.data = bytearray(v.mm[off:off + size * count])
+    else:
+        q |= 0x8
+        e.is_in = True
+        e.data = bytearray(size * count)
+        v.wb_offset = off
+        v.writeback = WB_IO_IN_STRING
     e.qualification = q
     return e
 
@@ -125,7 +145,9 @@ def _io(v: "KvmVcpu") -> "VmExit":
 def _mmio(v: "KvmVcpu") -> "VmExit":
     e = v.exit
     gpa, data, length, is_write = MMIO_HDR.unpack_from(v.mm, _UNION)
-    e.reason = _EPT
+    if e.fast_kind != FAST_MMIO:
+        e.reset(_EPT)
+        e.fast_kind = FAST_MMIO
     e.guest_physical_address = gpa
     e.size = length
     if is_write:
@@ -140,7 +162,6 @@ def _mmio(v: "KvmVcpu") -> "VmExit":
         v.writeback = WB_MMIO_READ
         q = 0x1
     e.qualification = q
-    e.count = 1
     return e
 
 
