@@ -182,9 +182,11 @@ def register_exit_handlers(register: Callable[..., None], machine: "Machine") ->
     chain. A handler that handled an instruction exit completes it itself
     (``vcpu.skip_instruction()``).
 
-    :param register: ``register(reason, handler, *, name=None, priority=0)``;
+    :param register: ``register(reason, handler, *, name=None, priority=0, ports=None)``;
         ``reason`` is a :class:`smartvm_core.vmx.ExitReason` (an unknown
-        reason is refused). Within one reason, handlers run by descending
+        reason is refused). ``ports`` (``IO_INSTRUCTION`` only) limits the
+        handler to those ports: it is found by one lookup, ahead of the
+        handlers registered for every port. Within one reason, handlers run by descending
         ``priority``, then in the order they were registered: hook
         implementations are called last-registered first, so a third-party
         plugin's handler runs before the standard ``smartvm-exits`` one (which

@@ -339,3 +339,35 @@ def test_reset_restores_load_time_state():
         assert v.get_regs().rip == rip0
     finally:
         m.close()
+
+
+def test_port_handlers_see_only_their_ports_and_run_before_the_bus():
+    seen = []
+
+    class Doorbell:
+        @hookimpl
+        def register_exit_handlers(self, register):
+            def doorbell(vcpu, exit):
+                seen.append(exit.port)
+                vcpu.skip_instruction()
+                return True
+            register(ExitReason.IO_INSTRUCTION, doorbell, ports=[0x99, 0x9A])
+
+    rec = RecorderPlugin(base=0x98)
+    script = [out(0x98, 1), out(0x99, 2), out(0x9A, 3), out(0x9B, 4), out(0xF4, 0)]
+    r = run_experiment(config(script), plugins=plugins(("rec", rec), ("exit", ExitOnPort()), ("d", Doorbell())),
+                       entry_points=False, disable=NO_ENGINES)
+    assert seen == [0x99, 0x9A]
+    assert rec.device.writes == [(0, 1, 1), (3, 1, 4)]  # the bus got every other port
+    assert r.machine.dispatch.chain(ExitReason.IO_INSTRUCTION)[:2] == ["port 0x99: d:doorbell",
+                                                                       "port 0x9a: d:doorbell"]
+
+
+def test_ports_only_for_io_instruction():
+    class Bad:
+        @hookimpl
+        def register_exit_handlers(self, register):
+            register(ExitReason.CPUID, lambda v, e: True, ports=[1])
+
+    with pytest.raises(PluginError, match="ports= only applies to IO_INSTRUCTION"):
+        make_machine(config([]), plugins=plugins(("bad", Bad())), entry_points=False, disable=NO_ENGINES)

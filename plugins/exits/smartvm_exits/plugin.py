@@ -237,9 +237,9 @@ def register_exit_handlers(register: Callable[..., None], machine: "Machine") ->
     register(ExitReason.CR_ACCESS, st.cr.handle_cr_access, name="handle_cr_access")
     if st.vmcall:
         register(ExitReason.VMCALL, st.hypercall.handle_vmcall, name="handle_vmcall")
-    # the doorbell claims only its own port; it runs before the port-I/O bus (priority -100)
+    # the doorbell claims only its own port, ahead of the port-I/O bus
     register(ExitReason.IO_INSTRUCTION, st.hypercall.handle_io_instruction, name="hypercall_doorbell",
-             priority=100)
+             ports=[st.hypercall.port])
     register(ExitReason.INVD, st.cache.handle_invd, name="handle_invd")
     register(ExitReason.WBINVD, st.cache.handle_wbinvd, name="handle_wbinvd")
     register(ExitReason.XSETBV, st.cache.handle_xsetbv, name="handle_xsetbv")

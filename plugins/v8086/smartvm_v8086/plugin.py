@@ -134,7 +134,8 @@ def register_exit_handlers(register: Callable[..., None], machine: "Machine") ->
         return handler
 
     register(ExitReason.EXCEPTION_NMI, guarded(monitor.handle_exception_nmi), name="v8086-gp", priority=50)
-    register(ExitReason.IO_INSTRUCTION, guarded(monitor.handle_io_instruction), name="v8086-doorbell", priority=50)
+    register(ExitReason.IO_INSTRUCTION, guarded(monitor.handle_io_instruction), name="v8086-doorbell",
+             ports=sorted({monitor.pm_port, monitor.rm_port}))
 
 
 def choose_route(machine: "Machine", requested: str) -> str:
