@@ -313,7 +313,6 @@ DEVICE_SETS = {
         DeviceSpec("fw_cfg"),
         DeviceSpec("uart"),
         DeviceSpec("post"),
-        DeviceSpec("debugcon", {"port": 0x402, "backend": "null"}),
         DeviceSpec("isa-debug-exit"),
         DeviceSpec("vga-text"),
     ],

@@ -121,3 +121,7 @@ def rm_stub_vector(cs: int, ip: int) -> int | None:
 
 def rm_stub_address(vector: int) -> tuple[int, int]:
     return BIOS_SEGMENT, RM_STUB_OFFSET + vector * RM_STUB_SIZE
+
+
+#: the ways the monitor can run a program (docs/v8086.md)
+ROUTES = ("exception-bitmap", "stub", "real-mode")

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from smartvm_core.exit import VmExit
     from smartvm_core.machine import Machine
 
-ROUTES = ("exception-bitmap", "stub", "real-mode")
+ROUTES = layout.ROUTES
 _GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi")
 #: how deep services may chain interrupts into each other
 MAX_CHAIN = 4

@@ -20,7 +20,7 @@ from smartvm_core.errors import ConfigError, ImageError
 from smartvm_core.vmx import ExitReason, VmcsField
 
 from . import layout
-from .monitor import ROUTES, Monitor, MonitorStop
+from .layout import ROUTES
 from .services.bios import Disk
 from .state import ProgramMemory
 
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from smartvm_core.images import ImageSpec, LoadResult
     from smartvm_core.machine import Machine
     from smartvm_core.report import RunReport
+
+    from .monitor import Monitor
 
 SECTION = "v8086"
 #: loaders whose images are 8086 programs
@@ -79,7 +81,7 @@ def register_config_sections(register: Callable[..., None]) -> None:
     register(SECTION, KEYS, doc="the virtual-8086 monitor for .COM programs and boot sectors")
 
 
-def monitor_of(machine: "Machine") -> Monitor | None:
+def monitor_of(machine: "Machine") -> "Monitor | None":
     return machine.services.get("v8086")
 
 
@@ -94,6 +96,7 @@ def setup_machine(machine: "Machine") -> None:
     if not cfg["enabled"]:
         return
     memory = ProgramMemory(machine.memory, machine.mmio)
+    from .monitor import Monitor  # capstone is imported only when a program runs under the monitor
     monitor = Monitor(machine, memory, rm_port=cfg["doorbell_port"], pm_port=cfg["doorbell_port"] + 1,
                       iopl=cfg["iopl"], vme=cfg["vme"], trap_ports=tuple(cfg["trap_ports"]))
     if cfg["dos_root"]:
@@ -121,6 +124,7 @@ def register_exit_handlers(register: Callable[..., None], machine: "Machine") ->
     monitor = monitor_of(machine)
     if monitor is None:
         return
+    from .monitor import MonitorStop
 
     def guarded(fn: Callable[["EngineVcpu", "VmExit"], bool]) -> Callable[["EngineVcpu", "VmExit"], bool]:
         def handler(vcpu: "EngineVcpu", exit: "VmExit") -> bool:
@@ -185,7 +189,7 @@ def _init_pc_devices(machine: "Machine") -> None:
         pio.write(0x40, 1, 0)     # divisor 65536: 18.2 Hz
 
 
-def setup_program(machine: "Machine", monitor: Monitor, result: "LoadResult", image: "ImageSpec") -> None:
+def setup_program(machine: "Machine", monitor: "Monitor", result: "LoadResult", image: "ImageSpec") -> None:
     """Turn a .COM or boot-sector load into the monitor's set-up (memory, route, entry state)."""
     cfg = _config(machine)
     route = choose_route(machine, cfg["route"])

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import io
 import struct
+from typing import TYPE_CHECKING
 
 import attrs
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+
+if TYPE_CHECKING:  # pyelftools is imported when an ELF image is read, not at start-up
+    from elftools.elf.elffile import ELFFile
 
 from smartvm_core.images import ImageSpec
 
@@ -42,7 +44,7 @@ class ElfImage:
     machine: int
     entry: int
     segments: list[Segment]
-    elf: ELFFile
+    elf: "ELFFile"
 
     def entry_physical(self) -> int:
         """``e_entry``, translated to a physical address when it lies in a segment's virtual range."""
@@ -90,6 +92,8 @@ def parse(image: ImageSpec, *, machines: tuple[int, ...] = (EM_386, EM_X86_64)) 
     if e_phoff + e_phnum * e_phentsize > len(data):
         raise fail(image, "ELF e_phoff", f"program headers [{e_phoff:#x}, +{e_phnum * e_phentsize:#x}) run past "
                    f"the end of the file ({len(data):#x} bytes)")
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
     try:
         elf = ELFFile(io.BytesIO(data))
         segments = []
@@ -129,6 +133,7 @@ def load_segments(place: Placement, elf: ElfImage, *, below: int = 1 << 52, phys
 
 def notes(image: ImageSpec, elf: ElfImage) -> list[tuple[str, int, bytes]]:
     """All ELF notes from PT_NOTE segments as ``(name, type, desc)``."""
+    from elftools.common.exceptions import ELFError
     out = []
     data = image.data
     try:
