@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-APT_PACKAGES=(nasm qemu-system-x86 seabios binutils)
+APT_PACKAGES=(nasm qemu-system-x86 seabios gcc libc6-dev linux-libc-dev)
 
 "$PY" -c "import ensurepip, venv" >/dev/null 2>&1 || APT_PACKAGES+=(python3-venv)
 missing=()
