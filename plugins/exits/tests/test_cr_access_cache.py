@@ -1,8 +1,8 @@
 """CR access, INVD/WBINVD and XSETBV handlers.
 
-No engine here produces these exits (unicorn has no event for MOV CR,
-XSETBV, INVD or WBINVD; KVM handles them in the kernel), so each handler is
-driven with the exit an engine would deliver, against a real soft vCPU.
+KVM handles these in the kernel; the soft engine produces the exits. Each
+handler is first driven with the exit an engine delivers, against a real
+soft vCPU (every qualification case), then with guests on soft.
 """
 
 import pytest
@@ -150,3 +150,45 @@ def test_xsetbv_checks(vcpu):
         vcpu.vmcs.write(VmcsField.VM_ENTRY_INTR_INFO_FIELD, 0)
     xsetbv(vcpu, c, 0x7)
     assert pending_vector(vcpu) is None and c.xcr0 == {0: 0x7}
+
+
+def test_cr_access_from_a_guest_under_the_cr0_mask_and_cr3_load_exiting():
+    """A real guest's MOV CR0, CLTS and MOV CR3 exit on soft and the standard handler emulates them."""
+    require_engine("soft")
+    from exits_guests import guest, machine_for
+
+    m = machine_for(guest("cr16"), "soft", extra={"vmx": {"cr0_guest_host_mask": 0x0A, "cr0_read_shadow": 0,
+                                                          "proc_based": ["CR3_LOAD_EXITING"]}})
+    try:
+        stop = m.run()
+        regs = m.vcpus[0].get_regs()
+        sregs = m.vcpus[0].get_sregs()
+        counts = m.exit_counts()
+        handler_counts = dict(m.services["exits"].cr.counts)
+    finally:
+        m.close()
+    assert stop.kind == "halted", stop
+    start = regs.rsi & 0xFFFFFFFF
+    assert regs.rbx & 0x0A == 0x0A                   # the guest reads back what it wrote
+    assert regs.rcx & 0x0A == 0x02                   # CLTS cleared TS only
+    assert (regs.rcx & ~0x0A) & 0xFFFFFFFF == start & ~0x0A & 0xFFFFFFFF
+    assert regs.rdx & 0xFFFFFFFF == 0x5000 and sregs.cr3 == 0x5000
+    assert sregs.cr0 & 0x0A == 0x02                  # the real CR0 follows the emulation
+    assert counts["CR_ACCESS"] == 3, counts
+    assert sum(handler_counts.values()) == 3, handler_counts
+
+
+def test_invd_and_wbinvd_from_a_guest():
+    require_engine("soft")
+    from exits_guests import guest, machine_for
+
+    m = machine_for(guest("cache16"), "soft", extra={"vmx": {"proc_based2": ["WBINVD_EXITING"]}})
+    try:
+        stop = m.run()
+        regs = m.vcpus[0].get_regs()
+        counts = m.exit_counts()
+    finally:
+        m.close()
+    assert stop.kind == "halted", stop
+    assert regs.rax & 0xFFFF == 2                  # both completed (skipped by their handlers)
+    assert counts.get("INVD") == 1 and counts.get("WBINVD") == 1, counts
