@@ -9,8 +9,17 @@ Items: ``FW_CFG_SIGNATURE`` ("QEMU"), ``FW_CFG_ID`` (traditional interface
 and DMA), ``FW_CFG_UUID``, ``FW_CFG_RAM_SIZE``, ``FW_CFG_NOGRAPHIC``,
 ``FW_CFG_NB_CPUS``, ``FW_CFG_MAX_CPUS``, ``FW_CFG_FILE_DIR``, the legacy
 ``FW_CFG_E820_TABLE``, and named files: ``etc/e820`` (the RAM map),
-``etc/sercon-port`` (SeaBIOS' serial console), ``etc/boot-fail-wait`` and any
-file a plugin or the experiment adds.
+``etc/sercon-port`` (SeaBIOS' serial console), ``etc/boot-fail-wait``, the
+ACPI and SMBIOS tables (:mod:`.firmware`) and any file a plugin or the
+experiment adds.
+
+Content that depends on the rest of the machine is produced late: a
+*preparer* (:meth:`FwCfg.add_preparer`) runs once, when the machine is
+complete (the plugin's ``setup_machine``) or at the guest's first access,
+whichever comes first; a file with a ``refresh`` function is rebuilt each
+time the guest selects it (as QEMU rebuilds its ACPI tables, which describe
+registers firmware programs first, such as the PIIX4 PMBASE), keeping the
+size the file directory announced.
 
 A DMA request is ``FWCfgDmaAccess { be32 control; be32 length; be64
 address; }`` in guest memory; control bits ERROR, READ, SKIP, SELECT, WRITE.
@@ -20,7 +29,7 @@ Bad guest addresses end the transfer with ERROR set, never a crash.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 
@@ -89,6 +98,8 @@ class FwCfg:
         self.counters = FwCfgCounters()
         self.items: dict[int, bytes] = {}
         self.files: dict[str, int] = {}
+        self._refresh: dict[int, Callable[[], bytes]] = {}
+        self._preparers: list[Callable[["FwCfg"], None]] = []
         self.selector = 0
         self.offset = 0
         self.dma_address = 0
@@ -107,8 +118,21 @@ class FwCfg:
     def add_item(self, key: int, data: bytes) -> None:
         self.items[key & 0xFFFF] = bytes(data)
 
-    def add_file(self, name: str, data: bytes) -> int:
-        """Add or replace a named file; returns its selector."""
+    def add_preparer(self, fn: Callable[["FwCfg"], None]) -> None:
+        """Run ``fn(self)`` once, before the guest first sees the items (see the module doc)."""
+        self._preparers.append(fn)
+
+    def prepare(self) -> None:
+        """Run the pending preparers now (idempotent)."""
+        while self._preparers:
+            self._preparers.pop(0)(self)
+
+    def add_file(self, name: str, data: bytes, refresh: Callable[[], bytes] | None = None) -> int:
+        """Add or replace a named file; returns its selector.
+
+        ``refresh``: called when the guest selects the file; its result (of the
+        same length) replaces the content.
+        """
         raw = name.encode()
         if not raw or len(raw) >= FILE_NAME_SIZE:
             raise ValueError(f"fw_cfg file name {name!r} must be 1-{FILE_NAME_SIZE - 1} bytes")
@@ -119,10 +143,15 @@ class FwCfg:
                 raise ValueError("fw_cfg: too many files")
             self.files[name] = key
         self.items[key] = bytes(data)
+        if refresh is None:
+            self._refresh.pop(key, None)
+        else:
+            self._refresh[key] = refresh
         self._rebuild_dir()
         return key
 
     def file(self, name: str) -> bytes | None:
+        self.prepare()
         key = self.files.get(name)
         return None if key is None else self.items[key]
 
@@ -141,13 +170,24 @@ class FwCfg:
 
     # -- traditional interface ----------------------------------------------------------------
     def select(self, key: int) -> None:
+        if self._preparers:
+            self.prepare()
         self.selector = key & 0xFFFF
         self.offset = 0
+        refresh = self._refresh.get(self.selector)
+        if refresh is not None:
+            data = refresh()
+            if len(data) == len(self.items[self.selector]):
+                self.items[self.selector] = bytes(data)
+            else:  # the directory announced another size: keep what the guest was told
+                self.counters.unknown += 1
 
     def _current(self) -> bytes:
         return self.items.get(self.selector, b"")
 
     def read_data(self) -> int:
+        if self._preparers:
+            self.prepare()
         data = self._current()
         if self.offset < len(data):
             value = data[self.offset]
@@ -159,6 +199,8 @@ class FwCfg:
     def dma_request(self, address: int) -> None:
         """Run the ``FWCfgDmaAccess`` at ``address``; the control word is written back."""
         self.counters.dma += 1
+        if self._preparers:
+            self.prepare()
         mem = self.memory
         if mem is None:
             return

@@ -5,11 +5,16 @@ two named sets: ``isa-debug`` (a UART and the debug ports) and ``pc``
 (everything PC firmware such as SeaBIOS needs). With the kvm engine's
 in-kernel irqchip (``[engine] irqchip = "kernel"``) the ``pic`` and ``pit``
 types create nothing: KVM emulates both (and port 0x61).
+
+ISA device factories describe their device for the DSDT
+(``services["acpi_isa_devices"]``), the PM block publishes where its
+registers are (``services["acpi_pm_block"]``); ``fw_cfg`` turns that, the
+vCPU count and the RAM map into ACPI and SMBIOS tables once the machine is
+complete (``setup_machine``).
 """
 
 from __future__ import annotations
 
-import calendar
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from .char.backends import BACKEND_DOC, make_backend
 from .char.uart16550 import Uart16550
 from .common import claim_irq, publish
 from .display.vga_text import TEXT_BASE, TEXT_SIZE, VgaText, start_echo
+from .firmware import acpi, smbios
 from .fw_cfg import E820_RAM, FwCfg
 from .input.i8042 import A20Gate, I8042
 from .intc.i8259 import I8259Pair
@@ -63,10 +69,17 @@ def _ram_split(ctx: DeviceContext) -> tuple[int, int]:
     return low_top, high
 
 
+def _describe(ctx: DeviceContext, dev: acpi.IsaDevice) -> None:
+    """List an ISA device for the DSDT."""
+    ctx.services.setdefault("acpi_isa_devices", []).append(dev)
+
+
 # -- factories ---------------------------------------------------------------------------------
 
 def make_uart(ctx: DeviceContext, p: dict[str, Any]) -> Uart16550:
     claim_irq(ctx, p["irq"], " (set irq = ... to another line)")
+    n = sum(1 for d in ctx.services.get("acpi_isa_devices", ()) if d.hid == "PNP0501") + 1
+    _describe(ctx, acpi.IsaDevice(f"COM{n}", "PNP0501", ((p["port"], 8),), (p["irq"],), uid=n))
     uart = Uart16550(ctx.irq_line(p["irq"]), lambda data: None, ctx.clock, name=ctx.name)
     ctx.map_pio(p["port"], 8, uart)
     backend = make_backend(p["backend"], ctx.console)
@@ -77,6 +90,8 @@ def make_uart(ctx: DeviceContext, p: dict[str, Any]) -> Uart16550:
 
 
 def make_pic(ctx: DeviceContext, p: dict[str, Any]) -> I8259Pair | None:
+    _describe(ctx, acpi.IsaDevice("PIC", "PNP0000", ((0x20, 2), (0xA0, 2)), (2,)))
+    ctx.services["pic_present"] = True
     if ctx.irqchip == "kernel":
         return None  # KVM's in-kernel 8259 pair takes the ports
     pic = I8259Pair(name=ctx.name)
@@ -94,8 +109,10 @@ def make_pic(ctx: DeviceContext, p: dict[str, Any]) -> I8259Pair | None:
 
 def make_pit(ctx: DeviceContext, p: dict[str, Any]) -> I8254 | None:
     if ctx.irqchip == "kernel":
+        _describe(ctx, acpi.IsaDevice("TMR", "PNP0100", ((0x40, 4),), (0,)))
         return None  # KVM's in-kernel PIT (and its port 0x61)
     claim_irq(ctx, p["irq"])
+    _describe(ctx, acpi.IsaDevice("TMR", "PNP0100", ((p["port"], 4),), (p["irq"],)))
     pit = I8254(ctx.clock, ctx.irq_line(p["irq"]), name=ctx.name)
     ctx.map_pio(p["port"], 4, pit)
     if p["port61"]:
@@ -111,6 +128,7 @@ def _parse_base_time(value: str) -> int | None:
         return int(value, 0)
     except ValueError:
         pass
+    import calendar  # imported here: it costs start-up time (locale) and only dates need it
     for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
         try:
             return calendar.timegm(time.strptime(value, fmt))
@@ -122,6 +140,7 @@ def _parse_base_time(value: str) -> int | None:
 def make_rtc(ctx: DeviceContext, p: dict[str, Any]) -> Mc146818:
     claim_irq(ctx, p["irq"])
     low_top, high = _ram_split(ctx)
+    _describe(ctx, acpi.IsaDevice("RTC", "PNP0B00", ((p["port"], 2),), (p["irq"],)))
     rtc = Mc146818(ctx.clock, ctx.irq_line(p["irq"]), base_seconds=_parse_base_time(p["base"]),
                    ram_size=low_top, ram_above_4g=high, cpus=ctx.vcpus, name=ctx.name)
     ctx.map_pio(p["port"], 2, rtc)
@@ -132,6 +151,8 @@ def make_rtc(ctx: DeviceContext, p: dict[str, Any]) -> Mc146818:
 def make_i8042(ctx: DeviceContext, p: dict[str, Any]) -> I8042:
     claim_irq(ctx, p["irq"])
     claim_irq(ctx, p["aux_irq"])
+    _describe(ctx, acpi.IsaDevice("KBD", "PNP0303", ((0x60, 1), (0x64, 1)), (p["irq"],)))
+    _describe(ctx, acpi.IsaDevice("MOU", "PNP0F13", (), (p["aux_irq"],)))
     a20 = ctx.services.get("a20") or A20Gate()
     kbc = I8042(ctx.irq_line(p["irq"]), ctx.irq_line(p["aux_irq"]), a20=a20,
                 request_reset=ctx.request_reset, name=ctx.name)
@@ -156,8 +177,18 @@ def make_debug_exit(ctx: DeviceContext, p: dict[str, Any]) -> IsaDebugExit:
     return dev
 
 
+def _line_stamp(clock: Any) -> Any:
+    """``[host seconds since now, virtual seconds] `` for each debug console line."""
+    t0 = time.monotonic()
+
+    def stamp() -> bytes:
+        return f"[{time.monotonic() - t0:10.6f} host {clock.now_ns() / 1e9:10.6f} vm] ".encode()
+    return stamp
+
+
 def make_debugcon(ctx: DeviceContext, p: dict[str, Any]) -> DebugCon:
-    dev = DebugCon(lambda data: None, p["readback"], name=ctx.name)
+    dev = DebugCon(lambda data: None, p["readback"], name=ctx.name,
+                   stamp=_line_stamp(ctx.clock) if p["timestamps"] else None)
     ctx.map_pio(p["port"], 1, dev)
     backend = make_backend(p["backend"], ctx.console)
     dev.out = backend.write
@@ -177,9 +208,14 @@ def make_pci(ctx: DeviceContext, p: dict[str, Any]) -> PciHost:
         claim_irq(ctx, p["sci_irq"])
         pm = AcpiPm(ctx.clock, ctx.irq_line(p["sci_irq"]), on_soft_off=lambda: ctx.request_exit(0),
                     name=f"{ctx.name}-acpi-pm")
-        host.add_function(Piix4Pm(pm), 1, 3)
+        pm_function = Piix4Pm(pm)
+        host.add_function(pm_function, 1, 3)
         publish(ctx, "acpi_pm", pm)
+        # firmware programs PMBASE: the tables read it when the guest fetches them
+        publish(ctx, "acpi_pm_block", acpi.PmBlock(
+            lambda: pm_function.get(Piix4Pm.PMBASE, 4) & 0xFFC0, p["sci_irq"], pm.soft_off_type))
     publish(ctx, "pci", host)
+    ctx.services["reset_port"] = 0xCF9  # the PIIX reset control register
     return host
 
 
@@ -188,6 +224,8 @@ def make_acpi_pm(ctx: DeviceContext, p: dict[str, Any]) -> AcpiPm:
     pm = AcpiPm(ctx.clock, ctx.irq_line(p["irq"]), on_soft_off=lambda: ctx.request_exit(0), name=ctx.name)
     ctx.map_pio(p["port"], 0x40, pm)
     publish(ctx, "acpi_pm", pm)
+    port = p["port"]
+    publish(ctx, "acpi_pm_block", acpi.PmBlock(lambda: port, p["irq"], pm.soft_off_type))
     return pm
 
 
@@ -198,6 +236,13 @@ def make_fw_cfg(ctx: DeviceContext, p: dict[str, Any]) -> FwCfg:
     if p["dma"]:
         ctx.map_pio(p["port"] + 4, 8, fw.dma_device(), f"{ctx.name}-dma")
     fw.set_e820([(gpa, size, E820_RAM) for gpa, size in _ram_map(ctx)])
+    if p["acpi"]:
+        _describe(ctx, acpi.IsaDevice("FWCF", "QEMU0002", ((p["port"], 12 if p["dma"] else 2),), (), sta=0x0B))
+        apic = {"auto": ctx.irqchip == "kernel", "yes": True, "no": False}[p["madt"]]
+        fw.add_preparer(lambda fw: _install_acpi(fw, ctx, apic))
+    if p["smbios"]:
+        ram = tuple(_ram_map(ctx))
+        fw.add_preparer(lambda fw: _install_smbios(fw, ctx, ram))
     if p["sercon_port"]:
         fw.add_file("etc/sercon-port", p["sercon_port"].to_bytes(8, "little"))
     if p["boot_fail_wait"] >= 0:
@@ -216,6 +261,44 @@ def make_fw_cfg(ctx: DeviceContext, p: dict[str, Any]) -> FwCfg:
             raise SmartVMError(f"files: {e}") from None
     publish(ctx, "fw_cfg", fw)
     return fw
+
+
+def _install_acpi(fw: FwCfg, ctx: DeviceContext, apic: bool) -> None:
+    """ACPI tables from what the machine's devices described (runs once the machine is complete)."""
+    services = ctx.services
+    platform = acpi.AcpiPlatform(
+        cpus=ctx.vcpus, pm=services.get("acpi_pm_block"), devices=tuple(services.get("acpi_isa_devices", ())),
+        apic=apic, pic=bool(services.get("pic_present")), i8042="i8042" in services,
+        reset_port=services.get("reset_port"), pci="pci" in services)
+    try:
+        blobs = acpi.build(platform)
+    except ValueError as e:
+        raise SmartVMError(f"ACPI tables: {e}") from None
+    cache: dict[str, Any] = {"pm": platform.pm.base() if platform.pm else None, "blobs": blobs}
+
+    def current(which: str) -> Any:
+        def refresh() -> bytes:
+            base = platform.pm.base() if platform.pm else None
+            if base != cache["pm"]:  # firmware moved the PM block since the tables were built
+                cache["pm"], cache["blobs"] = base, acpi.build(platform)
+            return getattr(cache["blobs"], which)
+        return refresh
+
+    fw.add_file(acpi.TABLES_FILE, blobs.tables, refresh=current("tables"))
+    fw.add_file(acpi.RSDP_FILE, blobs.rsdp, refresh=current("rsdp"))
+    fw.add_file(acpi.LOADER_FILE, blobs.loader, refresh=current("loader"))
+
+
+def _install_smbios(fw: FwCfg, ctx: DeviceContext, ram: tuple[tuple[int, int], ...]) -> None:
+    from smartvm_core import __version__
+    platform = smbios.SmbiosPlatform(cpus=ctx.vcpus, ram_size=ctx.ram_size or sum(n for _, n in ram),
+                                     ram_ranges=ram, version=__version__, bios_version=__version__)
+    try:
+        anchor, tables = smbios.build(platform)
+    except ValueError as e:
+        raise SmartVMError(str(e)) from None
+    fw.add_file(smbios.ANCHOR_FILE, anchor)
+    fw.add_file(smbios.TABLES_FILE, tables)
 
 
 def make_vga_text(ctx: DeviceContext, p: dict[str, Any]) -> VgaText:
@@ -274,6 +357,8 @@ DEVICE_TYPES = [
         "port": _port(0xE9, "debug console (0xe9 Bochs, 0x402 SeaBIOS)"),
         "backend": Param(str, "stdio", f"where bytes go: {BACKEND_DOC}"),
         "readback": Param(int, 0xE9, "value a read returns"),
+        "timestamps": Param(bool, False, "start each line with host seconds since the machine was built "
+                                         "and the virtual time: [H host V vm]"),
     }, doc="debug console port: each byte written is printed"),
     DeviceType("pci", make_pci, {
         "pam": Param(bool, True, "emulate the 82441FX PAM shadow RAM at 0xc0000-0xfffff"),
@@ -290,7 +375,11 @@ DEVICE_TYPES = [
         "sercon_port": Param(int, 0x3F8, "etc/sercon-port: SeaBIOS prints its screen on this UART (0: none)"),
         "boot_fail_wait": Param(int, -1, "etc/boot-fail-wait in seconds (-1: not provided)"),
         "files": Param(str, "", "extra files: NAME=PATH;NAME=PATH"),
-    }, doc="QEMU firmware configuration device: signature, CPUs, RAM, e820, files"),
+        "acpi": Param(bool, True, "offer ACPI tables (etc/acpi/rsdp, etc/acpi/tables, etc/table-loader)"),
+        "madt": Param(str, "auto", "ACPI MADT (local APICs, I/O APIC): auto = when the machine has APICs "
+                                   "(the in-kernel irqchip)", choices=("auto", "yes", "no")),
+        "smbios": Param(bool, True, "offer SMBIOS (etc/smbios/smbios-anchor, etc/smbios/smbios-tables)"),
+    }, doc="QEMU firmware configuration device: signature, CPUs, RAM, e820, ACPI, SMBIOS, files"),
     DeviceType("vga-text", make_vga_text, {
         "echo": Param(bool, False, "print changed screen lines on the console"),
         "echo_interval_ms": Param(float, 200.0, "how often the screen is checked for changes (virtual time)"),
@@ -317,6 +406,14 @@ DEVICE_SETS = {
         DeviceSpec("vga-text"),
     ],
 }
+
+
+@hookimpl
+def setup_machine(machine: Any) -> None:
+    """Every device exists now: let fw_cfg build the tables that describe them."""
+    for dev in machine.devices.values():
+        if isinstance(dev, FwCfg):
+            dev.prepare()
 
 
 @hookimpl

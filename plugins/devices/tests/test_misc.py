@@ -217,3 +217,18 @@ def test_debug_ports_hostile(ops):
             dev.write(off & 1, size, value)
         else:
             assert 0 <= dev.read(off & 1, size) < 1 << (8 * size)
+
+
+def test_debugcon_line_timestamps(rig):
+    import re
+    out: list[bytes] = []
+    n = iter(range(10))
+    con = DebugCon(out.append, stamp=lambda: f"<{next(n)}>".encode())
+    for b in b"ab\ncd\n\ne":
+        con.write(0, 1, b)
+    assert b"".join(out) == b"<0>ab\n<1>cd\n<2>\n<3>e"
+    dev = rig.add("debugcon", port=0x402, backend="buffer", timestamps=True)
+    rig.clock.advance(1_500_000_000)
+    for b in b"hi\n":
+        rig.outb(0x402, b)
+    assert re.fullmatch(rb"\[ *\d+\.\d{6} host +1\.500000 vm\] hi\n", bytes(dev.backend.data))

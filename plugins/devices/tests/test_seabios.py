@@ -1,14 +1,21 @@
 """Debian's SeaBIOS with the ``pc`` device set: banner and "No bootable device" on the serial console.
 
 Runs on every engine this host can run (probed), and on kvm with both the
-user-space PIC/PIT and the in-kernel irqchip.
+user-space PIC/PIT and the in-kernel irqchip. SeaBIOS must install the ACPI
+and SMBIOS tables fw_cfg offers instead of building its own: its debug log
+(debugcon on 0x402) shows the loader path ("Moving pm_base to 0x600", no
+"Copying ACPI RSDP" of a table it made), and guest memory holds our tables.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import struct
+
 import pytest
+
+from fwtables import byte_sum, find_rsdp, parse_acpi, parse_smbios, smbios_string
 
 BIOS = Path("/usr/share/seabios/bios.bin")
 
@@ -42,6 +49,10 @@ memory = "128M"
 irqchip = "{irqchip}"
 [[device]]
 type = "pc"
+[[device]]
+type = "debugcon"
+port = 0x402
+backend = "buffer"
 [[image]]
 path = "{BIOS}"
 format = "bios"
@@ -55,9 +66,26 @@ timeout = 90
     machine = build_machine(pm, exp, console=console)
     try:
         reason = machine.run()
-        return reason, console.text(), machine
+        return reason, console.text(), machine.devices["debugcon"].backend.data.decode(errors="replace"), \
+            firmware_tables(machine.memory.read)
     finally:
         machine.close()
+
+
+def firmware_tables(read) -> dict:
+    """The ACPI and SMBIOS tables firmware left in the F segment (parsed; None where absent)."""
+    out: dict = {"acpi": None, "smbios": None}
+    rsdp = find_rsdp(read)
+    if rsdp is not None:
+        out["acpi"] = parse_acpi(read, rsdp)
+    fseg = read(0xF0000, 0x10000)
+    for pos in range(0, len(fseg) - 0x1F, 16):
+        if fseg[pos:pos + 4] == b"_SM_" and byte_sum(fseg[pos:pos + 0x10]) == 0:
+            anchor = fseg[pos:pos + 0x1F]
+            length, address = struct.unpack_from("<HI", anchor, 0x16)
+            out["smbios"] = parse_smbios(anchor, read(address, length))
+            break
+    return out
 
 
 CASES = [
@@ -75,8 +103,18 @@ def test_seabios_reaches_no_bootable_device(tmp_path, engine, irqchip):
     why = _usable(engine)
     if why:
         pytest.skip(f"engine {engine} cannot run here: {why}")
-    reason, text, machine = run_seabios(tmp_path, engine, irqchip)
+    reason, text, log, tables = run_seabios(tmp_path, engine, irqchip)
     assert reason.kind == "marker", (reason, text[-2000:])
     assert "SeaBIOS (version" in text
     assert text.index("SeaBIOS (version") < text.index("No bootable device")
     assert "Booting from Hard Disk..." in text
+    # SeaBIOS ran our loader script (it moves the PM block to 0x600 when it sees one) and built no ACPI itself
+    assert "Moving pm_base to 0x600" in log, log[-3000:]
+    assert "Copying ACPI RSDP" not in log and "ACPI DSDT=" not in log, log[-3000:]
+    assert tables["acpi"] is not None and tables["acpi"]["oem"] == b"SMARTV"
+    fadt = tables["acpi"]["tables"]["FACP"][1]
+    assert struct.unpack_from("<I", fadt, 76)[0] == 0x608  # PM timer where SeaBIOS put PMBASE
+    assert ("APIC" in tables["acpi"]["tables"]) is (irqchip == "kernel")
+    structs = tables["smbios"]
+    assert structs is not None and smbios_string(structs[1], 4) == "Smart-VM"
+    assert [s["type"] for s in structs][:4] == [0, 1, 3, 4] and structs[-1]["type"] == 127

@@ -7,7 +7,10 @@
   of ``v`` ends the run with exit status ``(v << 1) | 1``. Reads give 0.
 * debugcon (0xE9, Bochs' "port E9 hack", or 0x402 for SeaBIOS): each byte
   written goes to a character backend; a read returns the readback value
-  (0xE9) so software can detect the port.
+  (0xE9) so software can detect the port. With a ``stamp`` function each
+  line starts with its result (the ``timestamps`` parameter: host seconds
+  since the device was made and the machine's virtual time), to see where
+  firmware spends its time.
 """
 
 from __future__ import annotations
@@ -95,14 +98,20 @@ class IsaDebugExit:
 
 
 class DebugCon:
-    """One byte per write to a backend; reads return ``readback``."""
+    """One byte per write to a backend; reads return ``readback``.
 
-    def __init__(self, out: Callable[[bytes], Any], readback: int = 0xE9, name: str = "debugcon") -> None:
+    ``stamp``: called when a line's first byte arrives; its bytes go out first.
+    """
+
+    def __init__(self, out: Callable[[bytes], Any], readback: int = 0xE9, name: str = "debugcon",
+                 stamp: Callable[[], bytes] | None = None) -> None:
         self.name = name
         self.out = out
         self.readback = readback & 0xFF
         self.counters = Counters()
         self.bytes_out = 0
+        self.stamp = stamp
+        self._line_start = True
 
     def read(self, offset: int, size: int) -> int:
         self.counters.reads += 1
@@ -116,7 +125,11 @@ class DebugCon:
         if size != 1:
             self.counters.bad_size += 1  # the low byte lane carries the character
         self.bytes_out += 1
-        self.out(bytes((value & 0xFF,)))
+        byte = value & 0xFF
+        if self.stamp is not None and self._line_start:
+            self.out(self.stamp())
+        self._line_start = byte == 0x0A
+        self.out(bytes((byte,)))
 
     def state(self) -> None:
         return None  # nothing a guest can observe is kept
