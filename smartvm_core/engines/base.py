@@ -152,6 +152,20 @@ class EngineVcpu(ABC):
     @abstractmethod
     def set_sregs(self, sregs: SpecialRegisters) -> None: ...
 
+    def get_segment_selectors(self) -> tuple[int, int, int, int, int, int]:
+        """The ES, CS, SS, DS, FS and GS selectors (SDM segment-register order).
+
+        A cheap subset of :meth:`get_sregs` for hot exit handlers; engines
+        that can read the selectors without building ``SpecialRegisters``
+        override it.
+        """
+        sr = self.get_sregs()
+        return sr.es.selector, sr.cs.selector, sr.ss.selector, sr.ds.selector, sr.fs.selector, sr.gs.selector
+
+    def get_cr0(self) -> int:
+        """CR0: a cheap subset of :meth:`get_sregs` (engines override it when they can)."""
+        return self.get_sregs().cr0
+
     @abstractmethod
     def get_msr(self, index: int) -> int:
         """Read an MSR the engine keeps (raises KeyError if it keeps none by that index)."""

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from smartvm_core.cpu import CR0_ET, CR0_PE, CR4_VME, DescriptorTable, Registers, Segment, SpecialRegisters
 
 from . import layout
-from .emulator import Emulator, Outcome, ivt_entry, pop, program_flags, push, reflect
+from .emulator import Emulator, Outcome, ivt_entry, program_flags, reflect
 from .services import ServiceCall, ServiceTable
 from .services.bios import Bios
 from .services.dos import Dos
@@ -46,6 +46,12 @@ if TYPE_CHECKING:
     from smartvm_core.machine import Machine
 
 ROUTES = layout.ROUTES
+_RM_STUBS = layout.BIOS_BASE + layout.RM_STUB_OFFSET
+_RM_STUBS_END = 256 * layout.RM_STUB_SIZE
+#: the program's EFLAGS bits a real-mode doorbell keeps (IF is the real one on that route)
+_RM_KEEP = ~(FLAG_VIF | FLAG_VIP | FLAG_VM | FLAG_RF) & 0xFFFFFFFF
+#: serve()'s int_ip when the INT's address is looked up only if needed
+_INT_IP_UNKNOWN = -1
 _GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi")
 #: how deep services may chain interrupts into each other
 MAX_CHAIN = 4
@@ -261,32 +267,54 @@ class Monitor:
         return True
 
     def _rm_doorbell_exit(self, vcpu: "EngineVcpu") -> bool:
+        """A real-mode stub's OUT: serve its vector (the monitor's hot path on the ``real-mode`` route).
+
+        Only what the doorbell needs is read (registers, CR0, selectors), and
+        only what the service changed is written back.
+        """
         regs = vcpu.get_regs()
-        sregs = vcpu.get_sregs()
-        if sregs.cr0 & CR0_PE and regs.rflags & FLAG_VM:
-            return self._v86_doorbell_exit(vcpu, regs, sregs)
-        if sregs.cr0 & CR0_PE:
+        if vcpu.get_cr0() & CR0_PE:
+            if regs.rflags & FLAG_VM:
+                return self._v86_doorbell_exit(vcpu, regs, vcpu.get_sregs())
             return False  # a doorbell from protected-mode code: not the monitor's any more
+        es, cs, ss, ds, fs, gs = vcpu.get_segment_selectors()
         ip = regs.rip & 0xFFFF
         # engines differ in whether RIP is already past the OUT (KVM) or still on it (soft, in its hook)
-        out_ip = ip if self.memory.read((sregs.cs.selector << 4) + ip, 1) == 0xE6 else (ip - 2) & 0xFFFF
-        vector = layout.rm_stub_vector(sregs.cs.selector, out_ip)
-        if vector is None:
+        rel = (cs << 4) + ip - _RM_STUBS
+        if not 0 <= rel < _RM_STUBS_END or rel & 1:
             return False
-        segs = (sregs.es.selector, sregs.cs.selector, sregs.ss.selector, sregs.ds.selector,
-                sregs.fs.selector, sregs.gs.selector)
-        state = self._state([regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi],
-                            ip, regs.rflags, segs)
-        action = self._run(state, lambda s: self.rm_doorbell(s, vector))
-        # the stub's IRET resumes at the state's CS:IP: RIP stays on the IRET
-        cs_now = sregs.cs.selector
-        state.cs = cs_now
+        vector = rel >> 2
+        gpr = [regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF, regs.rdx & 0xFFFFFFFF, regs.rbx & 0xFFFFFFFF,
+               regs.rsp & 0xFFFFFFFF, regs.rbp & 0xFFFFFFFF, regs.rsi & 0xFFFFFFFF, regs.rdi & 0xFFFFFFFF]
+        before = list(gpr)
+        rflags = regs.rflags
+        # what rm_doorbell() does, on the state the INT saw (its frame is on the stack)
+        sp = gpr[ESP] & 0xFFFF
+        frame = self._read_frame(ss, sp)
+        gpr[ESP] = (gpr[ESP] & ~0xFFFF) | ((sp + 6) & 0xFFFF)
+        state = ProgramState.of(gpr, frame & 0xFFFF, (rflags & _RM_KEEP & ~0xFFFF) | (frame >> 32 & ~0x8028), es,
+                                frame >> 16 & 0xFFFF, ss, ds, fs, gs, self.vme, self.iopl)
+        state.cr0, state.gdtr, state.idtr = self._cr0, self._gdtr, self._idtr
+        action = self.serve(state, vector, _INT_IP_UNKNOWN) or "resume"
+        self._write_frame(state, ss, sp, frame)
+        # the stub's IRET resumes at the CS:IP in the frame: RIP stays on the IRET
+        state.cs = cs
         state.eip = ip
-        for i, name in enumerate(_GPRS):
-            setattr(regs, name, (getattr(regs, name) & ~0xFFFFFFFF) | state.gpr[i])
-        regs.rflags = (regs.rflags & ~0xFFFF) | (state.eflags & 0xFFFF & ~FLAG_IF) | (regs.rflags & FLAG_IF)
-        vcpu.set_regs(regs)
+        state.eflags &= ~FLAG_IF
+        new_flags = (rflags & ~0xFFFF) | (state.eflags & 0xFFFF) | (rflags & FLAG_IF)
+        if gpr != before or new_flags != rflags:
+            regs.rax = (regs.rax & ~0xFFFFFFFF) | gpr[EAX]
+            regs.rcx = (regs.rcx & ~0xFFFFFFFF) | gpr[ECX]
+            regs.rdx = (regs.rdx & ~0xFFFFFFFF) | gpr[EDX]
+            regs.rbx = (regs.rbx & ~0xFFFFFFFF) | gpr[EBX]
+            regs.rsp = (regs.rsp & ~0xFFFFFFFF) | gpr[ESP]
+            regs.rbp = (regs.rbp & ~0xFFFFFFFF) | gpr[EBP]
+            regs.rsi = (regs.rsi & ~0xFFFFFFFF) | gpr[ESI]
+            regs.rdi = (regs.rdi & ~0xFFFFFFFF) | gpr[EDI]
+            regs.rflags = new_flags
+            vcpu.set_regs(regs)
         if state.segs_dirty:
+            sregs = vcpu.get_sregs()
             for name in ("es", "ds", "fs", "gs", "ss"):
                 seg = getattr(sregs, name)
                 sel = getattr(state, name)
@@ -294,7 +322,8 @@ class Monitor:
                     setattr(sregs, name, Segment.real_mode(sel))
             vcpu.set_sregs(sregs)
         self._keep(state)
-        self._after(vcpu, state, action)
+        if action != "resume":
+            self._after(vcpu, state, action)
         return True
 
     def _v86_doorbell_exit(self, vcpu: "EngineVcpu", regs: Registers, sregs: SpecialRegisters) -> bool:
@@ -381,15 +410,23 @@ class Monitor:
         return self.serve(state, vector, int_ip, depth)
 
     def serve(self, state: ProgramState, vector: int, int_ip: int | None, depth: int = 0) -> str | None:
-        service, key = self.services.lookup(vector, state.ah)
-        call = ServiceCall(vector, state, self.memory, self.machine, self)
-        call.name = key
+        """Run the service for ``vector``; ``int_ip``: where the INT is, to re-execute it if the service waits.
+
+        ``int_ip`` may be :data:`_INT_IP_UNKNOWN`: then it is looked up (the
+        bytes before the return CS:IP) only if the service waits.
+        """
+        if int_ip == _INT_IP_UNKNOWN:
+            at = (state.cs, state.eip)
+        service, key = self.services.lookup(vector, state.gpr[EAX] >> 8 & 0xFF)
         if service is not None:
+            call = ServiceCall(vector, state, self.memory, self.machine, self, key)
             service(call)
         else:
-            call.name = f"{key} (no service)"
+            call = ServiceCall(vector, state, self.memory, self.machine, self, f"{key} (no service)")
         self.service_counts[call.name] += 1
         if call.halted:
+            if int_ip == _INT_IP_UNKNOWN:
+                int_ip = self._int_ip(at[0], at[1], vector)
             if int_ip is None:
                 raise MonitorStop(f"v8086 monitor: {call.name} waits for input that will never come")
             state.eip = int_ip  # re-execute the INT once an interrupt was delivered
@@ -407,25 +444,51 @@ class Monitor:
         """The program ran the real-mode stub of ``vector`` (via its IVT, or a handler chaining to it).
 
         The stack holds the INT frame; the monitor serves the vector on the
-        state the INT saw and leaves the frame for the stub's IRET.
+        state the INT saw and leaves the frame for the stub's IRET (written
+        back only if the service changed it).
         """
-        mem = self.memory
-        ret_ip = pop(mem, state, 2)
-        ret_cs = pop(mem, state, 2)
-        ret_flags = pop(mem, state, 2)
+        ss = state.ss
+        sp = state.gpr[ESP] & 0xFFFF
+        frame = self._read_frame(ss, sp)
+        state.set_reg16(ESP, sp + 6)
         stub_cs, stub_ip = state.cs, state.eip
-        state.cs, state.eip = ret_cs, ret_ip
-        state.eflags = (state.eflags & ~0xFFFF) | (ret_flags & 0xFFFF & ~0x8028) | FLAG_FIXED
-        int_ip = None
-        if mem.read_far(ret_cs, ret_ip - 2, 2) == (0xCD | vector << 8):
-            int_ip = (ret_ip - 2) & 0xFFFF
-        action = self.serve(state, vector, int_ip)
-        push(mem, state, 2, program_flags(state) & 0xFFFF)
-        push(mem, state, 2, state.cs)
-        push(mem, state, 2, state.eip)
+        state.cs, state.eip = frame >> 16 & 0xFFFF, frame & 0xFFFF
+        state.eflags = (state.eflags & ~0xFFFF) | (frame >> 32 & ~0x8028) | FLAG_FIXED
+        action = self.serve(state, vector, _INT_IP_UNKNOWN)
+        self._write_frame(state, ss, sp, frame)
         state.cs, state.eip = stub_cs, stub_ip
         state.eflags &= ~FLAG_IF  # the stub runs as the INT left it
         return action
+
+    def _read_frame(self, ss: int, sp: int) -> int:
+        """The 6-byte INT frame (IP, CS, FLAGS) at SS:SP, as one little-endian number."""
+        mem = self.memory
+        if sp <= 0x10000 - 6:
+            return mem.read((ss << 4) + sp, 6)
+        return mem.read_far(ss, sp, 2) | mem.read_far(ss, sp + 2, 2) << 16 | mem.read_far(ss, sp + 4, 2) << 32
+
+    def _write_frame(self, state: ProgramState, ss: int, sp: int, frame: int) -> None:
+        """Push ``state``'s FLAGS, CS and IP (the frame the stub's IRET pops), unless the stack holds them already.
+
+        ``frame`` was read from SS:SP before the service ran.
+        """
+        gpr = state.gpr
+        new_sp = (gpr[ESP] - 6) & 0xFFFF
+        gpr[ESP] = (gpr[ESP] & ~0xFFFF) | new_sp
+        new_frame = (state.eip & 0xFFFF) | (state.cs & 0xFFFF) << 16 | (program_flags(state) & 0xFFFF) << 32
+        if new_sp == sp and new_frame == frame and state.ss == ss:
+            return
+        if new_sp <= 0x10000 - 6:
+            self.memory.write((state.ss << 4) + new_sp, 6, new_frame)
+        else:
+            for i in range(3):
+                self.memory.write_far(state.ss, new_sp + 2 * i, 2, new_frame >> (16 * i))
+
+    def _int_ip(self, cs: int, ip: int, vector: int) -> int | None:
+        """IP of the ``INT vector`` instruction the program returns to CS:IP past, if it is one."""
+        if self.memory.read_far(cs, ip - 2, 2) == (0xCD | vector << 8):
+            return (ip - 2) & 0xFFFF
+        return None
 
     def _is_external(self, vector: int, has_error: bool) -> bool:
         if vector >= 32:

@@ -73,6 +73,26 @@ class ProgramState:
         self.gdtr: tuple[int, int] | None = None
         self.idtr: tuple[int, int] | None = None
 
+    @classmethod
+    def of(cls, gpr: list[int], eip: int, eflags: int, es: int, cs: int, ss: int, ds: int, fs: int, gs: int,
+           vme: bool, iopl: int) -> "ProgramState":
+        """The same as the keyword constructor, without its defaults (the monitor's hot path).
+
+        ``gpr`` is taken, not copied; values must already be in range.
+        """
+        state = cls.__new__(cls)
+        state.gpr = gpr
+        state.eip = eip
+        state.eflags = eflags | FLAG_FIXED
+        state.es, state.cs, state.ss, state.ds, state.fs, state.gs = es, cs, ss, ds, fs, gs
+        state.segs_dirty = False
+        state.vme = vme
+        state.pvi_iopl = iopl
+        state.cr0 = 0x10
+        state.gdtr = None
+        state.idtr = None
+        return state
+
     # -- registers by name --------------------------------------------------------
     def reg16(self, index: int) -> int:
         return self.gpr[index] & 0xFFFF
@@ -173,17 +193,35 @@ class ProgramMemory:
     def __init__(self, memory: "GuestMemory", mmio: "Bus | None" = None) -> None:
         self.memory = memory
         self.mmio = mmio
-        self.a20 = True
+        self._mask = 0x1FFFFF
+        #: (start, end, view) of the RAM region of the last read or write (the fast path)
+        self._hot: tuple[int, int, memoryview | None] = (0, 0, None)
+        memory.add_listener(self._layout_changed)
+
+    @property
+    def a20(self) -> bool:
+        return self._mask == 0x1FFFFF
+
+    @a20.setter
+    def a20(self, on: bool) -> None:
+        self._mask = 0x1FFFFF if on else 0xFFFFF
+
+    def _layout_changed(self, action: str, region: Any) -> None:
+        self._hot = (0, 0, None)
 
     def _addr(self, linear: int) -> int:
-        return linear & (0x1FFFFF if self.a20 else 0xFFFFF)
+        return linear & self._mask
 
     def read(self, linear: int, size: int) -> int:
-        addr = self._addr(linear)
-        mem = self.memory
-        region = mem.region_at(addr)
+        addr = linear & self._mask
+        start, end, view = self._hot
+        if start <= addr and addr + size <= end:
+            return int.from_bytes(view[addr - start:addr - start + size], "little")  # type: ignore[index]
+        region = self.memory.region_at(addr)
         if region is not None and addr + size <= region.end:
             off = addr - region.gpa
+            if not region.readonly:
+                self._hot = (region.gpa, region.end, region.view)
             return int.from_bytes(region.view[off:off + size], "little")
         value = 0
         for i in range(size):
@@ -200,10 +238,16 @@ class ProgramMemory:
         return 0xFF
 
     def write(self, linear: int, size: int, value: int) -> None:
-        addr = self._addr(linear)
+        addr = linear & self._mask
+        start, end, view = self._hot
+        if start <= addr and addr + size <= end:
+            view[addr - start:addr - start + size] = (  # type: ignore[index]
+                (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+            return
         region = self.memory.region_at(addr)
         if region is not None and addr + size <= region.end and not region.readonly:
             off = addr - region.gpa
+            self._hot = (region.gpa, region.end, region.view)
             region.view[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
             return
         for i in range(size):

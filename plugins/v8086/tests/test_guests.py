@@ -104,3 +104,11 @@ def test_hook_register_v8086_services(engine_route):
     assert seen == [0x0041]
     assert r.stop.exit_code == 0x42
     assert "  INT 60h                           1" in dict(r.report.sections)["virtual-8086 monitor"]
+
+
+def test_int_frames_wrap_keep_flags_and_segments(engine_route):
+    """INT frames across the end of the stack segment, flags and segments set by services, on every route."""
+    engine, route = engine_route
+    r = run_guest("int_frame", engine=engine, route=route, fmt="com")
+    assert r.stop.kind == "exit-code", r.stop.detail
+    assert r.stop.exit_code == 0, f"check {r.stop.exit_code} failed"

@@ -232,3 +232,39 @@ def test_monitor_area_hides_in_the_tss_what_the_program_may_not_touch():
     assert int.from_bytes(area[layout.TSS_OFFSET + 0x66:layout.TSS_OFFSET + 0x68], "little") == layout.IOPB_OFFSET
     assert area[layout.TSS_OFFSET + layout.REDIRECTION_OFFSET:layout.TSS_OFFSET + layout.IOPB_OFFSET] == b"\xFF" * 32
     assert layout.MONITOR_BASE > 0xFFFF * 16 + 0xFFFF  # beyond what an 8086 program can address
+
+
+def test_lookup_follows_later_registrations():
+    table = ServiceTable()
+    register = table.make_register("a")
+
+    def first(call):
+        pass
+
+    def second(call):
+        pass
+    register(0x60, first)
+    assert table.lookup(0x60, 0x01) == (first, "INT 60h")
+    register(0x60, second, ah=0x01)
+    assert table.lookup(0x60, 0x01) == (second, "INT 60h/AH=01h")
+    assert table.lookup(0x60, 0x02) == (first, "INT 60h")
+    register(0x60, second, replace=True)
+    assert table.lookup(0x60, 0x02) == (second, "INT 60h")
+    assert table.lookup(0x61, 0x00) == (None, "INT 61h")
+
+
+def test_program_memory_follows_layout_changes():
+    mem = GuestMemory()
+    low = mem.add_ram(0, 0x10000)
+    pm = ProgramMemory(mem)
+    pm.write(0x100, 2, 0x1234)
+    assert pm.read(0x100, 2) == 0x1234
+    mem.remove_region(low)
+    assert pm.read(0x100, 2) == 0xFFFF      # nothing there any more: reads float
+    pm.write(0x100, 2, 0x5678)               # and writes are dropped
+    mem.add_ram(0, 0x10000, "new")
+    assert pm.read(0x100, 2) == 0
+    pm.a20 = False
+    pm.write(0x100000 + 0x200, 1, 0xAB)      # wraps to 0x200 with A20 off
+    assert pm.read(0x200, 1) == 0xAB and not pm.a20
+    mem.close()

@@ -20,6 +20,16 @@ VMX semantics on top of KVM:
   ``KVM_RUN`` returns ``EINTR``, reported as ``EXTERNAL_INTERRUPT``. The
   VMX-preemption timer is a per-vCPU timer thread (started on first use) that
   kicks the vCPU; its exit is ``VMX_PREEMPTION_TIMER_EXPIRED``.
+* Register state goes through ``kvm_run`` where KVM offers
+  ``KVM_CAP_SYNC_REGS``: once a handler reads the registers (or special
+  registers), KVM is asked to copy them into ``kvm_run.s`` at every exit
+  (``kvm_valid_regs``), and :meth:`KvmVcpu.set_regs`/``set_sregs`` write them
+  there for KVM to load at the next entry (``kvm_dirty_regs``), so a handler
+  that reads and writes registers makes no state ioctl (each costs a vCPU
+  load; ~6-7 us on a nested KVM). Syncing stops after
+  :data:`SYNC_IDLE_EXITS` exits nobody read it; writes still waiting are
+  loaded by ioctl before any other state ioctl (:meth:`KvmVcpu.flush_state`),
+  so the order of state changes is the order of the calls.
 * What KVM never reports to user space is listed by
   :meth:`KvmEngine.capability_table` and refused by
   :meth:`KvmEngine.unsupported_controls`.
@@ -30,7 +40,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import operator
 import signal
+import struct
 import threading
 import time
 from typing import Any, Iterable
@@ -115,35 +127,93 @@ def _host_has_hw_virt() -> tuple[bool, str]:
 
 
 # -- state conversion ------------------------------------------------------------
+# Registers and SpecialRegisters list their fields in kvm_regs / kvm_sregs order, so
+# one struct unpack gives a constructor's positional arguments.
 _REG_NAMES = tuple(n for n, _ in s.kvm_regs._fields_)
 _SEG_FIELDS = ("selector", "base", "limit", "type", "present", "dpl", "db", "s", "l", "g", "avl", "unusable")
+_CR_NAMES = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")
+#: kvm_regs as 18 u64
+REGS_STRUCT = struct.Struct("<18Q")
+#: kvm_sregs up to (not including) the interrupt bitmap: 8 x kvm_segment (base, limit, selector,
+#: type ... unusable, padding), gdt and idt (base, limit, padding), CR0 ... APIC base
+SREGS_STRUCT = struct.Struct("<" + "QIH9Bx" * 8 + "QH6x" * 2 + "7Q")
+#: the six data/code selectors in kvm_sregs (cs, ds, es, fs, gs, ss at 24-byte strides, selector at +12)
+SELECTORS_STRUCT = struct.Struct("<" + "12xH10x" * 6)
+_get_regs_tuple = operator.attrgetter(*_REG_NAMES)
+_get_seg_tuple = operator.attrgetter("base", "limit", "selector", "type", "present", "dpl", "db", "s", "l",
+                                     "g", "avl", "unusable")
+_U64 = 0xFFFFFFFFFFFFFFFF
+#: where KVM_CAP_SYNC_REGS puts kvm_regs and kvm_sregs in kvm_run (kvm_run.s.regs)
+SYNC_REGS_OFFSET = s.kvm_run.s.offset + s.kvm_sync_regs.regs.offset
+SYNC_SREGS_OFFSET = s.kvm_run.s.offset + s.kvm_sync_regs.sregs.offset
+_SYNC_CR0_OFFSET = SYNC_SREGS_OFFSET + s.kvm_sregs.cr0.offset
+_CRS_STRUCT = struct.Struct("<7Q")   # cr0, cr2, cr3, cr4, cr8, efer, apic_base
+_U64_STRUCT = struct.Struct("<Q")
+SYNC_REGS = s.KVM_SYNC_X86_REGS
+SYNC_SREGS = s.KVM_SYNC_X86_SREGS
+#: exits with register syncing on and no register access before it is turned off again
+SYNC_IDLE_EXITS = 1000
+assert REGS_STRUCT.size == ctypes.sizeof(s.kvm_regs)
+assert SREGS_STRUCT.size == s.kvm_sregs.interrupt_bitmap.offset
+assert tuple(f.name for f in attrs.fields(Registers)) == _REG_NAMES
 
 
-def regs_from_kvm(kr: s.kvm_regs) -> Registers:
-    return Registers(**{n: getattr(kr, n) for n in _REG_NAMES})
+def regs_from_values(v: tuple[int, ...]) -> Registers:
+    """A :class:`Registers` from the 18 ``kvm_regs`` words."""
+    return Registers(*v)
+
+
+def regs_from_kvm(kr: Any) -> Registers:
+    """``kvm_regs`` (or any buffer holding one) as :class:`Registers`."""
+    return Registers(*REGS_STRUCT.unpack_from(kr))
+
+
+def regs_values(regs: Registers) -> tuple[int, ...]:
+    """The 18 ``kvm_regs`` words of ``regs`` (each truncated to 64 bits)."""
+    v = _get_regs_tuple(regs)
+    for x in v:
+        if not 0 <= x <= _U64:
+            return tuple(x & _U64 for x in v)
+    return v
 
 
 def regs_to_kvm(regs: Registers) -> s.kvm_regs:
-    kr = s.kvm_regs()
-    for n in _REG_NAMES:
-        setattr(kr, n, getattr(regs, n) & 0xFFFFFFFFFFFFFFFF)
-    return kr
+    return s.kvm_regs.from_buffer_copy(REGS_STRUCT.pack(*regs_values(regs)))
 
 
-def sregs_from_kvm(ks: s.kvm_sregs) -> SpecialRegisters:
-    kw: dict[str, Any] = {}
+def sregs_from_values(v: tuple[int, ...]) -> SpecialRegisters:
+    """A :class:`SpecialRegisters` from :data:`SREGS_STRUCT` values."""
+    segs = [Segment(v[i + 2], v[i], v[i + 1], v[i + 3], v[i + 4], v[i + 5], v[i + 6], v[i + 7], v[i + 8],
+                    v[i + 9], v[i + 10], v[i + 11]) for i in range(0, 96, 12)]
+    return SpecialRegisters(*segs, DescriptorTable(v[96], v[97]), DescriptorTable(v[98], v[99]), *v[100:107])
+
+
+def sregs_from_kvm(ks: Any) -> SpecialRegisters:
+    """``kvm_sregs`` (or any buffer holding one) as :class:`SpecialRegisters`."""
+    return sregs_from_values(SREGS_STRUCT.unpack_from(ks))
+
+
+def sregs_values(sr: SpecialRegisters) -> tuple[int, ...] | None:
+    """:data:`SREGS_STRUCT` values of ``sr``, or None if a field does not fit its ``kvm_sregs`` slot."""
+    out: list[int] = []
     for name in SpecialRegisters.SEGMENTS:
-        seg = getattr(ks, name)
-        kw[name] = Segment(**{f: getattr(seg, f) for f in _SEG_FIELDS})
-    kw["gdt"] = DescriptorTable(ks.gdt.base, ks.gdt.limit)
-    kw["idt"] = DescriptorTable(ks.idt.base, ks.idt.limit)
-    for n in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base"):
-        kw[n] = getattr(ks, n)
-    return SpecialRegisters(**kw)
+        out += _get_seg_tuple(getattr(sr, name))
+    out += (sr.gdt.base, sr.gdt.limit & 0xFFFF, sr.idt.base, sr.idt.limit & 0xFFFF,
+            sr.cr0, sr.cr2, sr.cr3, sr.cr4, sr.cr8, sr.efer, sr.apic_base)
+    try:
+        SREGS_STRUCT.pack(*out)
+    except struct.error:
+        return None
+    return tuple(out)
 
 
 def sregs_to_kvm(sr: SpecialRegisters, base: s.kvm_sregs | None = None) -> s.kvm_sregs:
+    """``sr`` as ``kvm_sregs`` (over ``base``, whose interrupt bitmap is kept); fields are truncated to fit."""
     ks = base if base is not None else s.kvm_sregs()
+    values = sregs_values(sr)
+    if values is not None:
+        SREGS_STRUCT.pack_into(ks, 0, *values)
+        return ks
     for name in SpecialRegisters.SEGMENTS:
         seg = getattr(sr, name)
         kseg = getattr(ks, name)
@@ -208,6 +278,21 @@ class KvmVcpu(EngineVcpu):
         self._user_debug = 0   # from set_guest_debug()
         self._vmcs_debug = 0   # from the VMCS (exception bitmap, MTF)
         self._debugreg: tuple[int, ...] = ()
+        # KVM_CAP_SYNC_REGS: register sets KVM copies into kvm_run.s at every exit (kvm_valid_regs) and
+        # loads from it at the next entry (kvm_dirty_regs), sparing a KVM_GET/SET_(S)REGS ioctl each.
+        # A set is requested once a handler reads it, and dropped after SYNC_IDLE_EXITS exits unread.
+        #: the sets this host's KVM can sync (KVM_SYNC_X86_REGS / _SREGS)
+        self._sync_caps = int(engine.caps.get("SYNC_REGS") or 0) & (SYNC_REGS | SYNC_SREGS)
+        #: the sets requested (mirror of kvm_run.kvm_valid_regs)
+        self._valid = 0
+        #: the sets kvm_run.s holds current values of (since the last exit; 0 while in KVM_RUN)
+        self._fresh = 0
+        #: the sets written into kvm_run.s for the next entry (mirror of kvm_run.kvm_dirty_regs)
+        self._dirty = 0
+        self._dirty_regs: tuple[int, ...] = ()
+        self._dirty_sregs: tuple[int, ...] = ()
+        #: exits since a handler last used the synced registers
+        self._idle = 0
         if engine.supported_cpuid_entries:
             self.fd.set_cpuid2(engine.supported_cpuid_entries)
 
@@ -229,14 +314,69 @@ class KvmVcpu(EngineVcpu):
             e = self._pre_entry_exit()
             if e is not None:
                 return e
+        valid = self._valid    # registers synced through kvm_run (0: none, nothing fresh or dirty either)
+        if valid:
+            self._fresh = 0
+            sent = self._dirty     # register writes KVM loads from kvm_run in this KVM_RUN
+            self._dirty = 0
         self._run_tid = _get_ident()
         try:
             _ioctl(self._fdno, _KVM_RUN)
         except OSError as e:
             self._run_tid = None
+            if valid and sent:
+                self._check_loaded(sent)
             return self._run_failed(e)
         self._run_tid = None
+        if valid:
+            self._fresh = valid
+            if sent:
+                self._check_loaded(sent)
+            self._idle += 1
+            if self._idle > SYNC_IDLE_EXITS:
+                self._set_valid(0)
         return TRANSLATE[self._words[2]](self)
+
+    # -- registers through kvm_run (KVM_CAP_SYNC_REGS) ------------------------------
+    def _set_valid(self, valid: int) -> None:
+        self._valid = valid
+        self._idle = 0
+        self._fresh &= valid
+        self.kvm_run.kvm_valid_regs = valid
+
+    def _mark_dirty(self, bit: int) -> None:
+        self._dirty |= bit
+        self._idle = 0
+        self.kvm_run.kvm_dirty_regs = self._dirty
+
+    def _check_loaded(self, sent: int) -> None:
+        """After KVM_RUN: KVM clears the dirty bits it loaded; any left were not loaded (it failed early)."""
+        left = self.kvm_run.kvm_dirty_regs & sent
+        if left:
+            self.kvm_run.kvm_dirty_regs = 0
+            self._fresh = 0  # kvm_run.s may hold the old state again: load ours by ioctl
+            self._write_state(left)
+
+    def _write_state(self, sets: int) -> None:
+        if sets & SYNC_REGS:
+            self.fd.set_regs(s.kvm_regs.from_buffer_copy(REGS_STRUCT.pack(*self._dirty_regs)))
+        if sets & SYNC_SREGS:
+            ks = self.fd.get_sregs()
+            SREGS_STRUCT.pack_into(ks, 0, *self._dirty_sregs)
+            self.fd.set_sregs(ks)
+
+    def flush_state(self) -> None:
+        """Load register writes still waiting in ``kvm_run`` for the next entry now, by ioctl.
+
+        Called before every other ioctl that reads or changes vCPU state, so
+        the order of state changes stays the order of the calls.
+        """
+        d = self._dirty
+        if d:
+            self._dirty = 0
+            self.kvm_run.kvm_dirty_regs = 0
+            self._fresh = 0
+            self._write_state(d)
 
     def _pre_entry_exit(self) -> VmExit | None:
         """Exits VMX takes before the first guest instruction: an expired timer, an open interrupt window."""
@@ -386,6 +526,7 @@ class KvmVcpu(EngineVcpu):
         elif kind is InterruptionType.NMI:
             self.fd.nmi()
         elif kind is InterruptionType.HARDWARE_EXCEPTION:
+            self.flush_state()  # KVM_SET_REGS drops a pending exception: keep the calls' order
             ev = self.fd.get_vcpu_events()
             ev.exception.injected = 1
             ev.exception.pending = 0
@@ -468,6 +609,7 @@ class KvmVcpu(EngineVcpu):
         self._program_debug()
 
     def _program_debug(self) -> None:
+        self.flush_state()  # single-stepping changes RFLAGS.TF: keep the calls' order
         self.fd.set_guest_debug(self._user_debug | self._vmcs_debug, self._debugreg)
 
     # -- CPUID --------------------------------------------------------------------------
@@ -496,23 +638,77 @@ class KvmVcpu(EngineVcpu):
 
     # -- state ------------------------------------------------------------------------
     def get_regs(self) -> Registers:
-        """``KVM_GET_REGS``."""
-        return regs_from_kvm(self.fd.get_regs())
+        """The registers as ``KVM_GET_REGS`` gives them (from ``kvm_run`` when KVM synced them at the exit)."""
+        if self._fresh & SYNC_REGS:
+            self._idle = 0
+            return Registers(*REGS_STRUCT.unpack_from(self.mm, SYNC_REGS_OFFSET))
+        kr = self.fd.get_regs()
+        if self._sync_caps & SYNC_REGS and not self._valid & SYNC_REGS:
+            self._set_valid(self._valid | SYNC_REGS)  # a handler reads them: have KVM sync them
+        return regs_from_kvm(kr)
 
     def set_regs(self, regs: Registers) -> None:
-        """``KVM_SET_REGS``."""
-        self.fd.set_regs(regs_to_kvm(regs))
+        """``KVM_SET_REGS`` (through ``kvm_run`` for the next entry, when KVM synced them at the exit)."""
+        values = regs_values(regs)
+        if self._fresh & SYNC_REGS:
+            REGS_STRUCT.pack_into(self.mm, SYNC_REGS_OFFSET, *values)
+            self._dirty_regs = values
+            self._mark_dirty(SYNC_REGS)
+            return
+        self.flush_state()
+        self.fd.set_regs(s.kvm_regs.from_buffer_copy(REGS_STRUCT.pack(*values)))
 
     def get_sregs(self) -> SpecialRegisters:
-        """``KVM_GET_SREGS``."""
-        return sregs_from_kvm(self.fd.get_sregs())
+        """The special registers as ``KVM_GET_SREGS`` gives them (from ``kvm_run`` when synced)."""
+        if self._fresh & SYNC_SREGS:
+            self._idle = 0
+            return sregs_from_values(SREGS_STRUCT.unpack_from(self.mm, SYNC_SREGS_OFFSET))
+        ks = self.fd.get_sregs()
+        if self._sync_caps & SYNC_SREGS and not self._valid & SYNC_SREGS:
+            self._set_valid(self._valid | SYNC_SREGS)
+        return sregs_from_kvm(ks)
 
     def set_sregs(self, sregs: SpecialRegisters) -> None:
-        """``KVM_SET_SREGS`` (the pending-interrupt bitmap is kept)."""
+        """``KVM_SET_SREGS`` (the pending-interrupt bitmap is kept).
+
+        When KVM synced the special registers at the exit and only segments
+        or descriptor tables change, the new values go through ``kvm_run``;
+        a change of CR0, CR2, CR3, CR4, CR8, EFER or the APIC base takes the
+        ioctl, so KVM's refusal is raised here.
+        """
+        values = sregs_values(sregs)
+        if values is not None and self._fresh & SYNC_SREGS \
+                and values[100:] == _CRS_STRUCT.unpack_from(self.mm, _SYNC_CR0_OFFSET):
+            SREGS_STRUCT.pack_into(self.mm, SYNC_SREGS_OFFSET, *values)
+            self._dirty_sregs = values
+            self._mark_dirty(SYNC_SREGS)
+            return
+        self.flush_state()
+        self._fresh &= ~SYNC_SREGS
         self.fd.set_sregs(sregs_to_kvm(sregs, self.fd.get_sregs()))
+
+    def get_segment_selectors(self) -> tuple[int, int, int, int, int, int]:
+        """ES, CS, SS, DS, FS, GS selectors (from ``kvm_run`` when synced, without building ``SpecialRegisters``)."""
+        if self._fresh & SYNC_SREGS:
+            self._idle = 0
+            cs, ds, es, fs, gs, ss = SELECTORS_STRUCT.unpack_from(self.mm, SYNC_SREGS_OFFSET)
+        else:
+            ks = self.fd.get_sregs()
+            if self._sync_caps & SYNC_SREGS and not self._valid & SYNC_SREGS:
+                self._set_valid(self._valid | SYNC_SREGS)
+            cs, ds, es, fs, gs, ss = SELECTORS_STRUCT.unpack_from(ks)
+        return es, cs, ss, ds, fs, gs
+
+    def get_cr0(self) -> int:
+        """CR0 (from ``kvm_run`` when synced)."""
+        if self._fresh & SYNC_SREGS:
+            self._idle = 0
+            return _U64_STRUCT.unpack_from(self.mm, _SYNC_CR0_OFFSET)[0]
+        return self.get_sregs().cr0
 
     def get_msr(self, index: int) -> int:
         """``KVM_GET_MSRS`` for one MSR; KeyError if KVM keeps none by that index."""
+        self.flush_state()
         got = self.fd.get_msrs([index])
         if index not in got:
             raise KeyError(index)
@@ -520,11 +716,14 @@ class KvmVcpu(EngineVcpu):
 
     def set_msr(self, index: int, value: int) -> None:
         """``KVM_SET_MSRS`` for one MSR; KeyError if KVM refuses it."""
+        self.flush_state()
+        self._fresh = 0  # EFER and the APIC base are in kvm_sregs
         if self.fd.set_msrs([(index, value)]) != 1:
             raise KeyError(index)
 
     def translate(self, linear: int) -> int | None:
         """``KVM_TRANSLATE``; ``None`` if the linear address is not mapped."""
+        self.flush_state()
         tr = self.fd.translate(linear)
         return tr.physical_address if tr.valid else None
 
@@ -534,6 +733,8 @@ class KvmVcpu(EngineVcpu):
 
     def set_mp_state(self, state: int) -> None:
         """``KVM_SET_MP_STATE``."""
+        self.flush_state()
+        self._fresh = 0
         self.fd.set_mp_state(state)
 
     def readable_msrs(self) -> dict[int, int]:
@@ -548,6 +749,7 @@ class KvmVcpu(EngineVcpu):
 
     def save_state(self) -> dict[str, Any]:
         """Registers, segments, FPU/XSAVE, XCRs, MSRs, LAPIC, events, MP state, debug registers."""
+        self.flush_state()
         fd = self.fd
         st: dict[str, Any] = {
             "regs": attrs.asdict(self.get_regs()),
@@ -573,6 +775,8 @@ class KvmVcpu(EngineVcpu):
         """Restore :meth:`save_state` output (order after Firecracker: CPUID, MP state, registers ... events)."""
         from ...cpu import registers_from_plain, sregs_from_plain
         fd = self.fd
+        self.flush_state()
+        self._fresh = 0
         try:
             if state.get("cpuid"):
                 self.set_cpuid(tuple(e) for e in state["cpuid"])

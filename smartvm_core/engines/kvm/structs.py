@@ -94,6 +94,7 @@ KVM_CAP_XCRS = 56
 KVM_CAP_TSC_CONTROL = 60
 KVM_CAP_GET_TSC_KHZ = 61
 KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_SYNC_REGS = 74
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_SPLIT_IRQCHIP = 121
 KVM_CAP_IMMEDIATE_EXIT = 136
@@ -113,6 +114,11 @@ KVM_CAP_X86_TRIPLE_FAULT_EVENT = 218
 KVM_CAP_NAMES = {v: k[len("KVM_CAP_"):] for k, v in globals().items() if k.startswith("KVM_CAP_")}
 
 # --- flags -------------------------------------------------------------------
+#: kvm_run.kvm_valid_regs / kvm_dirty_regs bits (KVM_CAP_SYNC_REGS, x86)
+KVM_SYNC_X86_REGS = 1 << 0
+KVM_SYNC_X86_SREGS = 1 << 1
+KVM_SYNC_X86_EVENTS = 1 << 2
+
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
 
@@ -224,28 +230,6 @@ class kvm_run_exit_union(Union):
                 ("padding", c_char * 256)]
 
 
-class kvm_run(Structure):
-    """The shared page of a vCPU (``mmap`` of the vCPU fd, ``KVM_GET_VCPU_MMAP_SIZE`` bytes)."""
-
-    _anonymous_ = ("u",)
-    _fields_ = [
-        ("request_interrupt_window", c_uint8),
-        ("immediate_exit", c_uint8),
-        ("padding1", c_uint8 * 6),
-        ("exit_reason", c_uint32),
-        ("ready_for_interrupt_injection", c_uint8),
-        ("if_flag", c_uint8),
-        ("flags", c_uint16),
-        ("cr8", c_uint64),
-        ("apic_base", c_uint64),
-        ("u", kvm_run_exit_union),
-        ("kvm_valid_regs", c_uint64),
-        ("kvm_dirty_regs", c_uint64),
-        ("s", c_char * 2048),
-    ]
-
-
-# --- registers -----------------------------------------------------------------
 class kvm_regs(Structure):
     _fields_ = [(n, c_uint64) for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
                                        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
@@ -409,6 +393,38 @@ class kvm_interrupt(Structure):
     _fields_ = [("irq", c_uint32)]
 
 
+# --- kvm_run ---------------------------------------------------------------------
+class kvm_sync_regs(Structure):
+    """x86 ``struct kvm_sync_regs``: the registers ``KVM_CAP_SYNC_REGS`` shares through ``kvm_run.s``."""
+
+    _fields_ = [("regs", kvm_regs), ("sregs", kvm_sregs), ("events", kvm_vcpu_events)]
+
+
+class kvm_run_sync_union(Union):
+    _fields_ = [("regs", kvm_sync_regs), ("padding", c_char * 2048)]
+
+
+class kvm_run(Structure):
+    """The shared page of a vCPU (``mmap`` of the vCPU fd, ``KVM_GET_VCPU_MMAP_SIZE`` bytes)."""
+
+    _anonymous_ = ("u",)
+    _fields_ = [
+        ("request_interrupt_window", c_uint8),
+        ("immediate_exit", c_uint8),
+        ("padding1", c_uint8 * 6),
+        ("exit_reason", c_uint32),
+        ("ready_for_interrupt_injection", c_uint8),
+        ("if_flag", c_uint8),
+        ("flags", c_uint16),
+        ("cr8", c_uint64),
+        ("apic_base", c_uint64),
+        ("u", kvm_run_exit_union),
+        ("kvm_valid_regs", c_uint64),
+        ("kvm_dirty_regs", c_uint64),
+        ("s", kvm_run_sync_union),
+    ]
+
+
 # --- VM structures -----------------------------------------------------------------
 class kvm_userspace_memory_region(Structure):
     _fields_ = [("slot", c_uint32), ("flags", c_uint32), ("guest_phys_addr", c_uint64),
@@ -464,7 +480,7 @@ class kvm_msr_filter(Structure):
 
 
 STRUCTS = (
-    kvm_run, kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_fpu, kvm_xsave, kvm_xcr, kvm_xcrs,
+    kvm_run, kvm_sync_regs, kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_fpu, kvm_xsave, kvm_xcr, kvm_xcrs,
     kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_cpuid_entry2, kvm_cpuid2, kvm_lapic_state,
     kvm_vcpu_events, kvm_mp_state, kvm_debugregs, kvm_guest_debug, kvm_translation, kvm_interrupt,
     kvm_userspace_memory_region, kvm_dirty_log, kvm_irq_level, kvm_pit_config,

@@ -13,7 +13,9 @@ from smartvm_core.engines.kvm import ioctls, structs
 
 # kvm_msrs/kvm_cpuid2 headers end in flexible arrays: C's sizeof counts the header only.
 FIELDS = {
-    "kvm_run": ["exit_reason", "ready_for_interrupt_injection", "cr8", "apic_base", "kvm_valid_regs", "s"],
+    "kvm_run": ["exit_reason", "ready_for_interrupt_injection", "cr8", "apic_base", "kvm_valid_regs",
+                "kvm_dirty_regs", "s"],
+    "kvm_sync_regs": ["regs", "sregs", "events"],
     "kvm_sregs": ["gdt", "idt", "cr0", "efer", "apic_base", "interrupt_bitmap"],
     "kvm_fpu": ["fcw", "last_ip", "xmm", "mxcsr"],
     "kvm_vcpu_events": ["interrupt", "nmi", "sipi_vector", "flags", "smi", "exception_has_payload",
@@ -51,7 +53,8 @@ def c_values(tmp_path_factory) -> dict[str, int]:
     for name in IOCTLS:
         lines.append(f'printf("ioctl {name} %lu\\n", (unsigned long){name});')
     for name, value in vars(structs).items():
-        if name.startswith(("KVM_EXIT_", "KVM_CAP_", "KVM_MEM_", "KVM_GUESTDBG_", "KVM_MSR_")) \
+        if name.startswith(("KVM_EXIT_", "KVM_CAP_", "KVM_MEM_", "KVM_GUESTDBG_", "KVM_MSR_",
+                             "KVM_SYNC_X86_")) \
                 and isinstance(value, int) and name not in ("KVM_EXIT_MEMORY_FAULT", "KVM_MSR_FILTER_MAX_RANGES"):
             lines.append(f'#ifdef {name}\nprintf("const {name} %ld\\n", (long){name});\n#endif')
     lines.append("return 0;}")

@@ -37,7 +37,7 @@ class ServiceCall:
     __slots__ = ("vector", "state", "memory", "machine", "monitor", "chained", "halted", "name")
 
     def __init__(self, vector: int, state: ProgramState, memory: ProgramMemory, machine: "Machine | None",
-                 monitor: Any) -> None:
+                 monitor: Any, name: str | None = None) -> None:
         self.vector = vector
         self.state = state
         self.memory = memory
@@ -46,7 +46,7 @@ class ServiceCall:
         self.chained: list[int] = []
         self.halted = False
         #: the counter key, e.g. "INT 21h/AH=09h"
-        self.name = f"INT {vector:02X}h"
+        self.name = name if name is not None else f"INT {vector:02X}h"
 
     def set_carry(self, on: bool) -> None:
         self.state.set_flag(FLAG_CF, on)
@@ -77,6 +77,8 @@ class ServiceTable:
     def __init__(self) -> None:
         self.by_ah: dict[tuple[int, int], tuple[Service, str]] = {}
         self.by_vector: dict[int, tuple[Service, str]] = {}
+        #: (vector, AH) → what lookup() answered (cleared by every registration)
+        self._found: dict[int, tuple[Service | None, str]] = {}
 
     def make_register(self, plugin: str) -> Callable[..., None]:
         def register(vector: int, service: Service, *, ah: int | None = None, replace: bool = False) -> None:
@@ -93,6 +95,7 @@ class ServiceTable:
                 raise PluginError(f"plugin {plugin}: {what} is already served by plugin {table[key][1]} "
                                   "(pass replace=True to take it over)")
             table[key] = (service, plugin)
+            self._found.clear()
         return register
 
     def serves(self, vector: int) -> bool:
@@ -100,6 +103,12 @@ class ServiceTable:
 
     def lookup(self, vector: int, ah: int) -> tuple[Service | None, str]:
         """The service for ``vector`` with ``ah``, and the counter key."""
+        found = self._found.get(vector << 8 | ah)
+        if found is None:
+            found = self._found[vector << 8 | ah] = self._lookup(vector, ah)
+        return found
+
+    def _lookup(self, vector: int, ah: int) -> tuple[Service | None, str]:
         entry = self.by_ah.get((vector, ah))
         if entry is not None:
             return entry[0], f"INT {vector:02X}h/AH={ah:02X}h"
