@@ -166,6 +166,21 @@ class EngineVcpu(ABC):
         """CR0: a cheap subset of :meth:`get_sregs` (engines override it when they can)."""
         return self.get_sregs().cr0
 
+    def get_reg(self, name: str) -> int:
+        """One field of :class:`Registers` (``rax`` .. ``r15``, ``rip``, ``rflags``): a cheap subset of
+        :meth:`get_regs` for hot exit handlers (engines override it when they can)."""
+        if name not in attrs.fields_dict(Registers):
+            raise KeyError(f"no register {name!r} (one of: {', '.join(attrs.fields_dict(Registers))})")
+        return getattr(self.get_regs(), name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        """Write one field of :class:`Registers`, as :meth:`set_regs` would (engines override it)."""
+        if name not in attrs.fields_dict(Registers):
+            raise KeyError(f"no register {name!r} (one of: {', '.join(attrs.fields_dict(Registers))})")
+        regs = self.get_regs()
+        setattr(regs, name, value)
+        self.set_regs(regs)
+
     @abstractmethod
     def get_msr(self, index: int) -> int:
         """Read an MSR the engine keeps (raises KeyError if it keeps none by that index)."""

@@ -91,9 +91,7 @@ def firmware_tables(read) -> dict:
 CASES = [
     pytest.param("kvm", "user", id="kvm-user-pic"),
     pytest.param("kvm", "kernel", id="kvm-kernel-irqchip"),
-    pytest.param("soft", "user", id="soft", marks=pytest.mark.xfail(
-        strict=True, reason="soft engine: SeaBIOS's first int 10h call from 32-bit mode ends at F000:0000 "
-                            "(invalid instruction); the same device set boots on kvm")),
+    pytest.param("soft", "user", id="soft"),
 ]
 
 

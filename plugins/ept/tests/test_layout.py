@@ -34,10 +34,7 @@ def test_rom_write_ignored_and_counted(engine, tmp_path):
         m.close()
 
 
-def test_rom_rep_store_drops_every_store(engine, tmp_path, request):
-    if engine == "soft":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the soft engine skips a whole rep "
-                                              "instruction at its first store to ROM (KVM drops each store)"))
+def test_rom_rep_store_drops_every_store(engine, tmp_path):
     rom = tmp_path / "option.rom"
     rom.write_bytes(b"\x55" * 4096)
     m = make(engine, [(0xC0800, 0x11, 4), (0x50000, 0x1234)],

@@ -14,8 +14,9 @@ instruction on the normal path:
   rescans the page. A site hook runs before its instruction, so these exits
   are exact: the instruction has not executed, RIP points at it, and the
   handler emulates it and calls :meth:`SoftVcpu.skip_instruction`;
-* the emulation timeout (VMX-preemption timer) and single steps while an
-  interrupt window is awaited.
+* the emulation timeout (VMX-preemption timer) and, only while an interrupt
+  window is awaited, a code hook on every instruction that stops before the
+  first one starting with IF set.
 
 The VMCS controls are read at each :meth:`SoftVcpu.run` entry and decide
 which events become exits, as the SDM says.
@@ -33,10 +34,16 @@ side effects that follow the access in its block may have run first.
 Known limits: a physical page scanned through one linear address and later
 executed through another is not rescanned (its sites do not exit there);
 host code that rewrites guest code behind the CPU calls
-:meth:`SoftVcpu.invalidate_code`; with site hooks installed, unicorn 2.1.4
-can refuse to start at an instruction (seen once, in the Linux bzImage
-decompressor): the engine then stops the VM with an error instead of
-spinning.
+:meth:`SoftVcpu.invalidate_code`. Should unicorn ever return again and again
+without running the instruction at RIP, the engine stops the VM with an
+error instead of spinning.
+
+Two unicorn 2.1.4 traps are avoided on purpose: the CPU runs with unicorn's
+exit list enabled and empty (an ``until`` address is looked up through the
+guest's page tables, and a failed walk leaves a phantom #PF that turns the
+guest's next #PF into a #DF and then a silent triple fault), and events are
+delivered through the IVT/IDT from the CPU loop, never from inside the
+interrupt hook (a RIP written there leaves later I/O hooks with stale RIPs).
 
 Without an inline dispatcher the CPU runs on a helper thread; every exit is
 handed to the caller of :meth:`SoftVcpu.run` from the CPU loop, except MMIO
@@ -47,6 +54,7 @@ reads and writes, which park inside unicorn's MMIO callback until the next
 from __future__ import annotations
 
 import ctypes
+import struct
 import threading
 import time
 from typing import Any, Callable
@@ -54,7 +62,7 @@ from typing import Any, Callable
 from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID, UC_ERR_WRITE_PROT, UC_HOOK_CODE, UC_HOOK_INSN,
                      UC_HOOK_INSN_INVALID,
                      UC_HOOK_INTR, UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_UNMAPPED,
-                     UC_HOOK_MEM_WRITE_PROT, UC_MEM_FETCH_UNMAPPED, UC_MODE_64, UC_PROT_EXEC, UC_PROT_READ,
+                     UC_HOOK_MEM_WRITE_PROT, UC_MEM_FETCH_UNMAPPED, UC_MODE_64, UC_PROT_READ,
                      UC_PROT_WRITE, UC_QUERY_TIMEOUT, Uc, UcError)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
@@ -69,14 +77,17 @@ from ...vmx import (EventInjection, ExitReason, ProcBasedControls, ProcBasedCont
                     clts_exits, cr_read_value, cr_write_exits, exception_exits, lmsw_exits, msr_bitmap_exits)
 from ..base import Availability, Engine, EngineOptions, EngineVcpu, VmxBitmaps
 from . import delivery, sites
-from .ucstate import EFER_MSR, HF_CPL_MASK, HF_CS32, HF_CS64, HF_INHIBIT_IRQ, Blob, layout
+from .ucstate import EFER_MSR, SEG_INDEX, HF_CPL_MASK, HF_CS32, HF_CS64, HF_INHIBIT_IRQ, Blob, layout
 
+#: emu_start's end address; ignored, since the CPU runs with unicorn's exit list enabled and empty (see SoftVcpu.__init__)
 UNTIL = 0xFFFF_FFFF_FFFF_FFFF
 _GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 _GPR_IDS = tuple(getattr(X, f"UC_X86_REG_{n.upper()}") for n in _GPRS[:-1]) + (X.UC_X86_REG_EFLAGS,)
+_REG_ID = dict(zip(_GPRS, _GPR_IDS))
 #: unicorn register ids in the SDM's GPR encoding order
 _SDM_GPR = tuple(getattr(X, f"UC_X86_REG_{n.upper()}") for n in GPR_NAMES)
+_EFLAGS_ID = X.UC_X86_REG_EFLAGS
 _RIP, _RAX, _RCX, _RDX, _RSI, _RDI = (X.UC_X86_REG_RIP, X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX,
                                       X.UC_X86_REG_RSI, X.UC_X86_REG_RDI)
 #: MSRs whose value lives in unicorn's CPU (read and written through it)
@@ -99,6 +110,21 @@ _ENTRY_INFO = VmcsField.VM_ENTRY_INTR_INFO_FIELD
 #: uc_reg_read without the binding's argument conversion (the I/O fast path reads RIP with it)
 _reg_read = ctypes.CDLL(uclib._name).uc_reg_read
 _reg_read.restype = ctypes.c_int
+#: uc_context_save into an existing context, likewise
+_ctx_save = ctypes.CDLL(uclib._name).uc_context_save
+_ctx_save.restype = ctypes.c_int
+_ctx_restore = ctypes.CDLL(uclib._name).uc_context_restore
+_ctx_restore.restype = ctypes.c_int
+_reg_write = ctypes.CDLL(uclib._name).uc_reg_write
+_reg_write.restype = ctypes.c_int
+_emu_stop = ctypes.CDLL(uclib._name).uc_emu_stop
+#: UC_HOOK_CODE's C signature, for a callback without the binding's wrappers (the window probe)
+_HOOK_CODE_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+_GPR16 = struct.Struct("<16Q")   # QEMU's regs[]: the SDM's GPR encoding order
+_SEG = struct.Struct("<IIQII")    # QEMU's SegmentCache: selector, (pad), base, limit, flags
+_CR5 = struct.Struct("<5Q")       # cr[0..4]
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class _PendingIo:
@@ -120,6 +146,11 @@ class SoftVcpu(EngineVcpu):
         self.exit = VmExit()
         self.lay = layout()
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        # no end address: unicorn 2.1.4 looks emu_start's ``until`` up through the guest's page tables, and
+        # where it is not mapped the failed walk is a #PF that nobody sees but that QEMU records as the
+        # "previous exception": the guest's next #PF becomes a #DF, the one after that a silent triple fault
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
         self._mapped: dict[int, MemoryRegion] = {}
         self._mmio_pages: set[int] = set()
         # code-site scanning: linear page -> (physical page, bytes scanned), hook handles
@@ -132,6 +163,14 @@ class SoftVcpu(EngineVcpu):
         self._uch = ctypes.c_void_p(uc._uch.value)
         self._rbuf = ctypes.c_uint64()
         self._rbuf_ref = ctypes.byref(self._rbuf)
+        # one preallocated context: a uc_context_save into it (about 1 us) reads any CPU field at once
+        self._ctx = uc.context_save()
+        self._ctx_buf = (ctypes.c_char * self._ctx.size).from_address(self._ctx.context.value)
+        self._ctx_handle = self._ctx.context
+        self._gpr_off = self.lay.rip - 128
+        self._seg_cache: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._wbuf = ctypes.c_uint64()
+        self._wbuf_ref = ctypes.byref(self._wbuf)
         for region in self.memory.regions:
             self._map(region)
         self._undo_listener = self.memory.add_listener(self._on_layout)
@@ -147,13 +186,21 @@ class SoftVcpu(EngineVcpu):
         self._rip_override: int | None = None
         self._pending_io: _PendingIo | None = None
         self._pending_fault: tuple[int, int | None, int] | None = None
+        #: an event unicorn raised that goes through the guest's IVT/IDT: (vector, error code, software, RIP, return RIP)
+        self._pending_event: tuple[int, int | None, bool, int, int] | None = None
         self._pending_rdmsr: VmExit | None = None
         #: an exception the guest's own instruction raised (vector, error code, RIP): the exception bitmap applies
         self._guest_fault: tuple[int, int | None, int] | None = None
         self._draining = False
         self._drain_perms: list[tuple[int, int, int]] = []
         self._drain_tb: int | None = None
-        self._stepping = False
+        # interrupt-window probe: a code hook on every instruction while the window is awaited with IF=0
+        self._probe_hook: int | None = None
+        self._probe_skip = False
+        self._probe_stopped = False
+        self._fbuf = ctypes.c_uint64()
+        self._fbuf_ref = ctypes.byref(self._fbuf)
+        self._probe_cb = _HOOK_CODE_CFUNC(self._on_window_probe)
         self._no_progress = 0
         self.msr_store: dict[int, int] = {}
         # helper thread for the no-dispatcher mode
@@ -383,12 +430,24 @@ class SoftVcpu(EngineVcpu):
 
     def _cpu_state(self) -> tuple[int, int, bool]:
         """(address bits of CS: 16/32/64, CPL, virtual-8086) from unicorn's hflags."""
-        h = Blob(self.uc, self.lay).u32(self.lay.hflags)
+        h = _U32.unpack_from(self._fresh(), self.lay.hflags)[0]
         bits = 64 if h & HF_CS64 else 32 if h & HF_CS32 else 16
         return bits, h & HF_CPL_MASK, bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_VM)
 
+    def _fresh(self) -> Any:
+        """Refresh the preallocated context from the CPU; returns its buffer (offsets in ``self.lay``)."""
+        _ctx_save(self._uch, self._ctx_handle)
+        return self._ctx_buf
+
+    def _linear(self, ip: int) -> int:
+        """Linear address of ``ip`` in the current code segment (RIP is an offset into CS)."""
+        buf = self._fresh()
+        if _U32.unpack_from(buf, self.lay.hflags)[0] & HF_CS64:
+            return ip
+        return (_U64.unpack_from(buf, self.lay.segs + 8 + 24)[0] + ip) & 0xFFFF_FFFF  # CS: segment cache 1
+
     def _on_site(self, uc: Uc, address: int, size: int, _: Any) -> None:
-        """A candidate sensitive instruction is about to run."""
+        """A candidate sensitive instruction is about to run (``address`` is linear: CS base + RIP)."""
         if self._draining:
             uc.emu_stop()
             return
@@ -396,20 +455,26 @@ class SoftVcpu(EngineVcpu):
         site = sites.decode(self._read_code(address), bits)
         if site is None:
             return
+        ip = uc.reg_read(_RIP)   # unicorn syncs RIP before a code hook
         try:
-            e = self._site_exit(site, address, bits, cpl, vm86)
+            e = self._site_exit(site, ip, bits, cpl, vm86, address)
         except delivery.DeliveryFault as f:
-            self._guest_fault = (f.vector, f.error_code if f.vector in (10, 11, 12, 13, 14, 17) else None, address)
+            self._guest_fault = (f.vector, f.error_code if f.vector in (10, 11, 12, 13, 14, 17) else None, ip)
             uc.emu_stop()
             return
         if e is None:
             return  # the instruction runs natively (or was emulated: RIP already moved)
-        self._exit_rip = address
+        self._exit_rip = ip
         self._deferred = e
         uc.emu_stop()   # in a code hook this stops before the instruction
 
-    def _site_exit(self, site: sites.Site, rip: int, bits: int, cpl: int, vm86: bool) -> VmExit | None:
-        """Apply the VMX rules to one sensitive instruction: an exit, or ``None`` to go on."""
+    def _site_exit(self, site: sites.Site, rip: int, bits: int, cpl: int, vm86: bool,
+                   code_at: int | None = None) -> VmExit | None:
+        """Apply the VMX rules to one sensitive instruction: an exit, or ``None`` to go on.
+
+        ``rip`` is the instruction's RIP, ``code_at`` its linear address (default: ``rip``).
+        """
+        code_at = rip if code_at is None else code_at
         uc = self.uc
         kind = site.kind
         v = self.vmcs
@@ -484,7 +549,7 @@ class SoftVcpu(EngineVcpu):
         elif kind == "lmsw":
             mask, shadow = v.read(VmcsField.CR0_GUEST_HOST_MASK), v.read(VmcsField.CR0_READ_SHADOW)
             if site.memory:
-                linear = self._effective_address(rip, site, bits)
+                linear = self._effective_address(code_at, rip, site, bits)
                 cpu = self._delivery_cpu()
                 src = cpu.read(linear, 2)
             else:
@@ -504,7 +569,7 @@ class SoftVcpu(EngineVcpu):
                 uc.reg_write(_RIP, rip + site.length)
                 return None
         elif kind == "invlpg":
-            linear = self._effective_address(rip, site, bits)
+            linear = self._effective_address(code_at, rip, site, bits)
             if not proc & ProcBasedControls.INVLPG_EXITING:
                 self._pages.pop(linear & ~(PAGE_SIZE - 1), None)
                 return None
@@ -547,11 +612,11 @@ class SoftVcpu(EngineVcpu):
         """Paging may change: linear-to-physical facts of scanned pages are stale."""
         self._pages.clear()
 
-    def _effective_address(self, rip: int, site: sites.Site, bits: int) -> int:
-        """Linear address of a memory operand (INVLPG, LMSW m16), via capstone."""
+    def _effective_address(self, code_at: int, rip: int, site: sites.Site, bits: int) -> int:
+        """Linear address of a memory operand (INVLPG, LMSW m16), via capstone (code at linear ``code_at``)."""
         import capstone
         from capstone import x86_const as CX
-        code = self._read_code(rip)
+        code = self._read_code(code_at)
         md = capstone.Cs(capstone.CS_ARCH_X86, {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32,
                                                 64: capstone.CS_MODE_64}[bits])
         md.detail = True
@@ -708,30 +773,36 @@ class SoftVcpu(EngineVcpu):
         md = capstone.Cs(capstone.CS_ARCH_X86, {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32,
                                                 64: capstone.CS_MODE_64}[bits])
         last = None
-        for insn in md.disasm(self._read_code(start, rip - start), start):
+        for insn in md.disasm(self._read_code(self._linear(start), rip - start), start):
             last = insn
         return last is not None and last.address + last.size == rip and last.mnemonic == "hlt"
 
     # -- I/O instructions ---------------------------------------------------------
-    def _io_site(self, rip: int) -> tuple[int, int, dict[str, Any] | None]:
-        """(length, string/REP/immediate qualification bits, string facts or None) of the I/O instruction at RIP."""
-        found = sites.io_length(self._read_code(rip), 64)
+    def _io_site(self, linear: int, bits: int) -> tuple[int, int, dict[str, Any] | None]:
+        """(length, string/REP/immediate qualification bits, string facts or None) of the I/O instruction at ``linear``."""
+        found = sites.io_length(self._read_code(linear), bits)
         if found is None:
             out = (1, 0, None)
         else:
             length, facts = found
             bits = (16 | (32 if facts["rep"] else 0)) if facts["string"] else (64 if facts["immediate"] else 0)
             out = (length, bits, facts if facts["string"] else None)
-        self._io_cache[rip] = out
+        self._io_cache[linear] = out
         return out
 
     def _io_exit(self, port: int, size: int, is_in: bool, value: int) -> int:
         uc = self.uc
-        _reg_read(self._uch, 41, self._rbuf_ref)  # UC_X86_REG_RIP
-        rip = self._rbuf.value
-        site = self._io_cache.get(rip)
+        buf = self._fresh()
+        lay = self.lay
+        rip = _U64.unpack_from(buf, lay.rip)[0]
+        hflags = _U32.unpack_from(buf, lay.hflags)[0]
+        if hflags & HF_CS64:
+            linear = rip
+        else:   # the code segment's base: RIP is an offset into CS (real mode, BIOS trampolines)
+            linear = (_U64.unpack_from(buf, lay.segs + 8 + 24)[0] + rip) & 0xFFFF_FFFF
+        site = self._io_cache.get(linear)
         if site is None:
-            site = self._io_site(rip)
+            site = self._io_site(linear, 64 if hflags & HF_CS64 else 32 if hflags & HF_CS32 else 16)
         length, qbits, string = site
         e = self.exit.reset(ExitReason.IO_INSTRUCTION, (size - 1) | (8 if is_in else 0) | qbits | port << 16)
         e.port, e.size, e.is_in = port, size, is_in
@@ -957,23 +1028,24 @@ class SoftVcpu(EngineVcpu):
 
     # -- exceptions and interrupts ------------------------------------------------
     def _on_intr(self, uc: Uc, intno: int, _: Any) -> None:
-        blob = Blob(uc, self.lay)
-        blob.put32(self.lay.old_exception, 0xFFFFFFFF)  # unicorn issue 1883: no stale #DF escalation
-        is_int = blob.u32(self.lay.is_int)
-        rip = uc.reg_read(_RIP)
+        # RIP is the faulting instruction's (an INT n: the INT's); it is not written here (see _pending_event)
+        lay = self.lay
+        buf = self._fresh()
+        _U32.pack_into(buf, lay.old_exception, 0xFFFFFFFF)  # unicorn issue 1883: no stale #DF escalation
+        _ctx_restore(self._uch, self._ctx_handle)
+        is_int = _U32.unpack_from(buf, lay.is_int)[0]
+        rip = _U64.unpack_from(buf, lay.rip)[0]
         if is_int:
             kind = _SOFT_EXCEPTION if intno in (3, 4) else _SOFT_INTERRUPT
             length = 1 if intno in (3, 4) else 2
-            next_rip = blob.u64(self.lay.error_code + 8)
+            next_rip = _U64.unpack_from(buf, lay.error_code + 8)[0]
             length = max(1, (next_rip - rip) & 0xF) if next_rip > rip else length
             error = None
         else:
             kind, length, next_rip = _HW_EXCEPTION, 0, rip
-            error = blob.u32(self.lay.error_code) if intno in (8, 10, 11, 12, 13, 14, 17, 21) else None
-        blob.restore(uc)
+            error = _U32.unpack_from(buf, lay.error_code)[0] if intno in (8, 10, 11, 12, 13, 14, 17, 21) else None
         if self._draining:
-            uc.reg_write(_RIP, rip)   # the instruction runs again after the drain
-            uc.emu_stop()
+            _emu_stop(self._uch)   # the instruction runs again after the drain
             return
         if intno == 6 and not is_int and self._is_vmcall(rip):
             # a VMCALL no site hook caught (code written behind the scanner's back)
@@ -982,8 +1054,7 @@ class SoftVcpu(EngineVcpu):
                 e.instruction_length = 3
                 self._exit_rip = rip
                 self._deferred = e
-                uc.reg_write(_RIP, rip)
-                uc.emu_stop()
+                _emu_stop(self._uch)
                 return
         if kind != _SOFT_INTERRUPT and intno < 32 and exception_exits(
                 self._exc_bitmap, intno, error_code=error or 0, pfec_mask=self._pf_mask, pfec_match=self._pf_match):
@@ -993,11 +1064,13 @@ class SoftVcpu(EngineVcpu):
             e.interruption_error_code = error or 0
             e.instruction_length = length
             self._exit_rip = rip
-            uc.reg_write(_RIP, rip)
             self._deferred = e
-            uc.emu_stop()
+            _emu_stop(self._uch)
             return
-        self._raise(intno, error, kind == _SOFT_INTERRUPT, next_rip if is_int else rip)
+        # delivered from the CPU loop, not here: a RIP written inside unicorn's interrupt hook leaves
+        # unicorn 2.1.4 reporting stale RIPs to later I/O hooks (seen after IRET from a #PF handler)
+        self._pending_event = (intno, error, kind == _SOFT_INTERRUPT, rip, next_rip if is_int else rip)
+        _emu_stop(self._uch)
 
     def _exception(self, vector: int, error: int | None, rip: int) -> None:
         """A hardware exception of the guest's instruction at ``rip``: an exit if the bitmap says so, else delivered."""
@@ -1027,7 +1100,7 @@ class SoftVcpu(EngineVcpu):
 
     def _is_vmcall(self, rip: int) -> bool:
         """Is the instruction that raised #UD a VMCALL (0F 01 C1)? (unicorn has no VMX)."""
-        site = sites.decode(self._read_code(rip), self._cpu_state()[0])
+        site = sites.decode(self._read_code(self._linear(rip)), self._cpu_state()[0])
         return site is not None and site.kind == "vmcall"
 
     def _raise(self, vector: int, error: int | None, software: bool, return_rip: int) -> None:
@@ -1069,9 +1142,9 @@ class SoftVcpu(EngineVcpu):
 
     def _apply_entry(self) -> None:
         """Inject the event programmed in the VM-entry interruption-information field."""
-        info = self.vmcs.read(VmcsField.VM_ENTRY_INTR_INFO_FIELD)
-        if not info >> 31:
+        if not self.vmcs._values.get(_ENTRY_INFO, 0) >> 31:
             return
+        info = self.vmcs.read(VmcsField.VM_ENTRY_INTR_INFO_FIELD)
         self.vmcs.write(VmcsField.VM_ENTRY_INTR_INFO_FIELD, info & 0x7FFFFFFF)
         vector, kind = info & 0xFF, (info >> 8) & 7
         error = self.vmcs.read(VmcsField.VM_ENTRY_EXCEPTION_ERROR_CODE) if info >> 11 & 1 else None
@@ -1158,12 +1231,14 @@ class SoftVcpu(EngineVcpu):
                 continue
             window = bool(self._proc & ProcBasedControls.INTERRUPT_WINDOW_EXITING)
             if window and self.interrupt_window_open():
-                self._set_stepping(False)
+                self._set_window_probe(False)
                 if self._hand_out(self.exit.reset(ExitReason.INTERRUPT_WINDOW)):
                     return None
                 continue
-            # the window is closed: step one instruction at a time until it opens
-            self._set_stepping(window)
+            # the window is closed: stop before the first instruction that starts with IF set (the
+            # instruction at RIP runs first: it is the one in an STI/MOV SS shadow, if any)
+            self._set_window_probe(window)
+            self._probe_skip = True
             timeout_us = 0
             deadline = self.timer_deadline_ns
             if deadline is not None:
@@ -1175,9 +1250,10 @@ class SoftVcpu(EngineVcpu):
                 timeout_us = max(1, left // 1000)
             self._deferred = None
             error = None
-            start = uc.reg_read(_RIP)
+            _reg_read(self._uch, _RIP, self._rbuf_ref)
+            start = self._rbuf.value
             try:
-                uc.emu_start(start, UNTIL, timeout=timeout_us, count=1 if self._stepping else 0)
+                uc.emu_start(start, UNTIL, timeout=timeout_us)
             except UcError as exc:
                 error = exc
             if self._closed:
@@ -1214,6 +1290,14 @@ class SoftVcpu(EngineVcpu):
                 uc.reg_write(_RIP, rip)
                 self._exception(vector, code, rip)
                 continue   # an exit it made is handed out at the top
+            if self._pending_event is not None:
+                vector, code, software, rip, ret = self._pending_event
+                self._pending_event = None
+                uc.reg_write(_RIP, rip)
+                if self._deferred is None:
+                    self._raise(vector, code, software, ret)
+                    continue   # a triple fault it made is handed out at the top
+                # else: the exit comes first; the instruction raises its event again when it reruns
             if self._pending_fault is not None and self._deferred is None:
                 self._complete_pending()
                 if self._leave_now():
@@ -1225,10 +1309,10 @@ class SoftVcpu(EngineVcpu):
                 if e.reason == ExitReason.EPT_VIOLATION and e.is_write and error is not None \
                         and error.errno == UC_ERR_WRITE_PROT:
                     self._deliver(e)
-                    if not self.engine.page_protection(e.guest_physical_address) & 2 \
-                            or self.memory.region_at(e.guest_physical_address) is None \
-                            or self.memory.region_at(e.guest_physical_address).readonly:
-                        self._skip_current()  # the write to ROM (or a still-protected page) is dropped
+                    if self._closed:
+                        return None
+                    if self._write_denied(e.guest_physical_address):
+                        self._drop_store(e.guest_physical_address)   # ROM, or a page still protected
                     # else: a handler made the page writable (set_page_protection): retry the store
                     if self._leave_now():
                         return None
@@ -1241,28 +1325,17 @@ class SoftVcpu(EngineVcpu):
                     continue
                 raise EngineError(f"soft engine: unicorn stopped at RIP "
                                   f"{uc.reg_read(_RIP):#x}: {error}")
-            if self._stepping and not drained and not rescanned and not self._kicked \
-                    and uc.reg_read(_RIP) == start + 1 and self._read_code(start, 1) == b"\xf4":
-                uc.reg_write(_RIP, start)   # the step was a HLT
-                if self._proc & ProcBasedControls.HLT_EXITING:
-                    e = self.exit.reset(ExitReason.HLT)
-                    e.instruction_length = 1
-                    self._exit_rip = start
-                    if self._hand_out(e):
-                        return None
-                    continue
-                uc.reg_write(_RIP, start + 1)
-            if drained or self._stepping:
+            probed, self._probe_stopped = self._probe_stopped, False
+            if drained:
                 if self._leave_now():
                     return None
                 continue
             if self._leave_now():
                 return None
-            if self._entry_pending or self._kicked or rescanned:
+            if self._entry_pending or self._kicked or rescanned or probed:
                 continue
-            if uc.reg_read(_RIP) == start and not self._stepping:
-                # stopped before the first instruction (a page was scanned); unicorn 2.1.4 can also
-                # refuse to start at all (seen in the Linux decompressor with site hooks installed)
+            if uc.reg_read(_RIP) == start:
+                # stopped before the first instruction (a page was scanned)
                 self._no_progress += 1
                 if self._no_progress > 10000:
                     raise EngineError(f"soft engine: unicorn makes no progress at RIP {start:#x} "
@@ -1273,7 +1346,7 @@ class SoftVcpu(EngineVcpu):
                 continue  # the timer check at the top reports it
             # unicorn returned on its own: after HLT (RIP is past it), or after it dropped a block
             # the guest wrote to (self-modifying code): only the first ends with an F4 byte
-            if self._read_code(uc.reg_read(_RIP) - 1, 1) != b"\xf4":
+            if self._read_code(self._linear(uc.reg_read(_RIP) - 1), 1) != b"\xf4":
                 continue
             if self._proc & ProcBasedControls.HLT_EXITING:
                 uc.reg_write(_RIP, uc.reg_read(_RIP) - 1)
@@ -1283,27 +1356,92 @@ class SoftVcpu(EngineVcpu):
                 if self._hand_out(e):
                     return None
 
-    def _set_stepping(self, on: bool) -> None:
-        """Single-step (one instruction per emu_start) while an interrupt window is awaited."""
-        if on != self._stepping:
-            self._stepping = on
-            self.uc.ctl_flush_tb()   # blocks translated with or without the step counter
+    def _write_denied(self, gpa: int) -> bool:
+        region = self.memory.region_at(gpa)
+        return region is not None and (region.readonly or not self.engine.page_protection(gpa) & 2)
+
+    def _drop_store(self, gpa: int) -> None:
+        """Run the store that faulted once more with its page(s) backed by a scratch copy: that store is
+        dropped, the instruction goes on (a REP string instruction: one iteration; the next store faults
+        again and makes its own exit, as on KVM)."""
+        uc = self.uc
+        pages = [gpa & ~(PAGE_SIZE - 1)]
+        for _ in range(4):
+            self._deferred = None
+            error = self._step_with_scratch(pages)
+            e = self._deferred
+            if error is None or error.errno != UC_ERR_WRITE_PROT or e is None \
+                    or e.reason != ExitReason.EPT_VIOLATION or not e.is_write:
+                return    # done; an exit or event the step made is handled by the CPU loop
+            # the same instruction also stores to another protected page (a store across pages)
+            self._deferred = None
+            self._deliver(e)
+            if self._closed:
+                return
+            page = e.guest_physical_address & ~(PAGE_SIZE - 1)
+            if self._write_denied(page) and page not in pages:
+                pages.append(page)
+        uc.emu_stop()
+
+    def _step_with_scratch(self, pages: list[int]) -> UcError | None:
+        """One instruction (one REP iteration) with ``pages`` mapped to writable copies; then the real pages."""
+        uc = self.uc
+        scratch = []
+        for page in pages:
+            copy = ctypes.create_string_buffer(self.memory.read(page, PAGE_SIZE), PAGE_SIZE)
+            uc.mem_unmap(page, PAGE_SIZE)
+            uc.mem_map_ptr(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_WRITE, ctypes.addressof(copy))
+            scratch.append(copy)
+        error = None
+        try:
+            self._probe_skip = True
+            uc.ctl_flush_tb()   # unicorn compiles its instruction counter into blocks translated from now on
+            uc.emu_start(uc.reg_read(_RIP), UNTIL, count=1)
+        except UcError as exc:
+            error = exc
+        finally:
+            for page in pages:
+                uc.mem_unmap(page, PAGE_SIZE)
+                region = self.memory.region_at(page)
+                if region is None:
+                    continue
+                uc.mem_map_ptr(page, PAGE_SIZE, UC_PROT_READ if region.readonly else UC_PROT_READ | UC_PROT_WRITE,
+                               region.host_address + (page - region.gpa))
+                allowed = self.engine._prot.get(page >> 12)
+                if allowed is not None:
+                    self._protect(page, PAGE_SIZE, allowed)
+        return error
+
+    def _set_window_probe(self, on: bool) -> None:
+        """Hook every instruction while an interrupt window is awaited (see :meth:`_on_window_probe`)."""
+        if on == (self._probe_hook is not None):
+            return
+        if on:
+            self._probe_hook = self.uc._Uc__do_hook_add(UC_HOOK_CODE, self._probe_cb, 1, 0)
+        else:
+            self.uc.hook_del(self._probe_hook)
+            self._probe_hook = None
+        self.uc.ctl_flush_tb()   # blocks translated with or without the hook call
+
+    def _on_window_probe(self, _uch: Any, address: int, size: int, _: Any) -> None:
+        """Before each instruction while the window is awaited: stop once IF is set.
+
+        The first instruction of each emu_start always runs (it is the one
+        in an STI/MOV SS shadow when IF is already set).
+        """
+        if self._probe_skip:
+            self._probe_skip = False
+            return
+        _reg_read(self._uch, _EFLAGS_ID, self._fbuf_ref)
+        if self._fbuf.value & RFLAGS_IF and not self._draining:
+            self._probe_stopped = True
+            _emu_stop(self._uch)   # before this instruction; the CPU loop checks the window
 
     def _leave_now(self) -> bool:
         if self._leave:
             self._leave = False
             return True
         return False
-
-    def _skip_current(self) -> None:
-        import capstone
-        rip = self.uc.reg_read(_RIP)
-        code = self._read_code(rip)
-        bits = self._cpu_state()[0]
-        mode = {16: capstone.CS_MODE_16, 64: capstone.CS_MODE_64}.get(bits, capstone.CS_MODE_32)
-        insn = next(capstone.Cs(capstone.CS_ARCH_X86, mode).disasm(code, rip), None)
-        if insn is not None:
-            self.uc.reg_write(_RIP, rip + insn.size)
 
     def _mode(self) -> str:
         from ...cpu import cpu_mode
@@ -1333,7 +1471,7 @@ class SoftVcpu(EngineVcpu):
             return False
         if self.vmcs.read(VmcsField.VM_ENTRY_INTR_INFO_FIELD) >> 31:
             return False
-        return not Blob(self.uc, self.lay).u32(self.lay.hflags) & HF_INHIBIT_IRQ
+        return not _U32.unpack_from(self._fresh(), self.lay.hflags)[0] & HF_INHIBIT_IRQ
 
     def set_interrupt_window_exiting(self, enabled: bool) -> None:
         f = VmcsField.CPU_BASED_VM_EXEC_CONTROL
@@ -1354,40 +1492,84 @@ class SoftVcpu(EngineVcpu):
         self.set_regs(Registers(rip=0xFFF0, rdx=0x600))
 
     def get_regs(self) -> Registers:
-        vals = self.uc.reg_read_batch(_GPR_IDS)
-        return Registers(**dict(zip(_GPRS, vals)))
+        # one context save (about 1 us) instead of a register read each; RFLAGS is computed by unicorn
+        # (QEMU keeps the arithmetic flags apart)
+        buf = self._fresh()
+        g = _GPR16.unpack_from(buf, self._gpr_off)
+        _reg_read(self._uch, _EFLAGS_ID, self._wbuf_ref)
+        return Registers(rax=g[0], rcx=g[1], rdx=g[2], rbx=g[3], rsp=g[4], rbp=g[5], rsi=g[6], rdi=g[7],
+                         r8=g[8], r9=g[9], r10=g[10], r11=g[11], r12=g[12], r13=g[13], r14=g[14], r15=g[15],
+                         rip=_U64.unpack_from(buf, self.lay.rip)[0], rflags=self._wbuf.value)
 
     def set_regs(self, regs: Registers) -> None:
-        uc = self.uc
-        for name, rid in zip(_GPRS, _GPR_IDS):
-            value = getattr(regs, name) & 0xFFFF_FFFF_FFFF_FFFF
-            if rid == _RIP and self._in_hook:
-                # inside an I/O or MMIO hook unicorn ignores RIP writes: the engine applies it
-                # at the instruction boundary (see _io_exit / _deliver_mmio)
-                if value != uc.reg_read(rid):
-                    self._rip_override = value
-                continue
-            uc.reg_write(rid, value)
+        m = 0xFFFF_FFFF_FFFF_FFFF
+        buf = self._fresh()
+        _GPR16.pack_into(buf, self._gpr_off, regs.rax & m, regs.rcx & m, regs.rdx & m, regs.rbx & m, regs.rsp & m,
+                         regs.rbp & m, regs.rsi & m, regs.rdi & m, regs.r8 & m, regs.r9 & m, regs.r10 & m,
+                         regs.r11 & m, regs.r12 & m, regs.r13 & m, regs.r14 & m, regs.r15 & m)
+        rip = regs.rip & m
+        if self._in_hook:
+            # inside an I/O or MMIO hook unicorn ignores RIP writes: the engine applies it
+            # at the instruction boundary (see _io_exit / _deliver_mmio)
+            if rip != _U64.unpack_from(buf, self.lay.rip)[0]:
+                self._rip_override = rip
+        else:
+            _U64.pack_into(buf, self.lay.rip, rip)
+        _ctx_restore(self._uch, self._ctx_handle)
+        self._wbuf.value = regs.rflags & m
+        _reg_write(self._uch, _EFLAGS_ID, self._wbuf_ref)
 
     def get_sregs(self) -> SpecialRegisters:
-        uc, blob = self.uc, Blob(self.uc, self.lay)
-        out = SpecialRegisters()
+        buf, lay = self._fresh(), self.lay
+        segs = {}
+        cache = self._seg_cache
         for name in SpecialRegisters.SEGMENTS:
-            sel, base, limit, flags = blob.seg(name)
-            setattr(out, name, Segment(
-                selector=sel, base=base, limit=limit, type=(flags >> 8) & 0xF, s=(flags >> 12) & 1,
-                dpl=(flags >> 13) & 3, present=(flags >> 15) & 1, avl=(flags >> 20) & 1, l=(flags >> 21) & 1,
-                db=(flags >> 22) & 1, g=(flags >> 23) & 1, unusable=0 if flags & (1 << 15) else 1))
-        out.gdt = DescriptorTable(blob.u64(self.lay.gdt + 8), blob.u32(self.lay.gdt + 16))
-        out.idt = DescriptorTable(blob.u64(self.lay.idt + 8), blob.u32(self.lay.idt + 16))
-        out.cr0 = uc.reg_read(X.UC_X86_REG_CR0)
-        out.cr2 = uc.reg_read(X.UC_X86_REG_CR2)
-        out.cr3 = uc.reg_read(X.UC_X86_REG_CR3)
-        out.cr4 = uc.reg_read(X.UC_X86_REG_CR4)
-        out.cr8 = uc.reg_read(X.UC_X86_REG_CR8)
-        out.efer = blob.u64(self.lay.efer)
-        out.apic_base = getattr(self, "_apic_base", out.apic_base)
-        return out
+            raw = _SEG.unpack_from(buf, lay.segs + SEG_INDEX[name] * 24)
+            fields = cache.get(raw)
+            if fields is None:
+                sel, _, base, limit, f = raw
+                # Segment's field order: selector, base, limit, type, present, dpl, db, s, l, g, avl, unusable
+                fields = (sel & 0xFFFF, base, limit, (f >> 8) & 0xF, (f >> 15) & 1, (f >> 13) & 3, (f >> 22) & 1,
+                          (f >> 12) & 1, (f >> 21) & 1, (f >> 23) & 1, (f >> 20) & 1, 0 if f & (1 << 15) else 1)
+                if len(cache) > 256:
+                    cache.clear()
+                cache[raw] = fields
+            segs[name] = Segment(*fields)
+        _, _, gbase, glimit, _ = _SEG.unpack_from(buf, lay.gdt)
+        _, _, ibase, ilimit, _ = _SEG.unpack_from(buf, lay.idt)
+        cr = _CR5.unpack_from(buf, lay.cr)
+        _reg_read(self._uch, X.UC_X86_REG_CR8, self._wbuf_ref)
+        return SpecialRegisters(gdt=DescriptorTable(gbase, glimit), idt=DescriptorTable(ibase, ilimit),
+                                cr0=cr[0], cr2=cr[2], cr3=cr[3], cr4=cr[4], cr8=self._wbuf.value,
+                                efer=_U64.unpack_from(buf, lay.efer)[0],
+                                apic_base=getattr(self, "_apic_base", 0xFEE00900), **segs)
+
+    def get_reg(self, name: str) -> int:
+        rid = _REG_ID.get(name)
+        if rid is None:
+            raise KeyError(f"no register {name!r} (one of: {', '.join(_GPRS)})")
+        _reg_read(self._uch, rid, self._wbuf_ref)
+        return self._wbuf.value
+
+    def set_reg(self, name: str, value: int) -> None:
+        rid = _REG_ID.get(name)
+        if rid is None:
+            raise KeyError(f"no register {name!r} (one of: {', '.join(_GPRS)})")
+        value &= 0xFFFF_FFFF_FFFF_FFFF
+        if rid == _RIP and self._in_hook:
+            _reg_read(self._uch, _RIP, self._wbuf_ref)
+            if value != self._wbuf.value:
+                self._rip_override = value   # applied at the instruction boundary, as in set_regs
+            return
+        self._wbuf.value = value
+        _reg_write(self._uch, rid, self._wbuf_ref)
+
+    def get_segment_selectors(self) -> tuple[int, int, int, int, int, int]:
+        buf, base = self._fresh(), self.lay.segs
+        return tuple(_U32.unpack_from(buf, base + 24 * i)[0] & 0xFFFF for i in range(6))  # QEMU's order is the SDM's
+
+    def get_cr0(self) -> int:
+        return _U64.unpack_from(self._fresh(), self.lay.cr)[0]
 
     def set_sregs(self, sregs: SpecialRegisters) -> None:
         uc = self.uc
@@ -1524,7 +1706,7 @@ class SoftEngine(Engine):
             "VMCALL, INVD, XSETBV (unconditional), WBINVD exiting": "yes",
             "EPT violations (unbacked guest-physical, ROM writes)": "yes",
             "triple fault": "yes",
-            "interrupt-window exiting": "yes (single-steps while the window is closed)",
+            "interrupt-window exiting": "yes (hooks every instruction while the window is closed)",
             "event injection (IVT/IDT, TSS stack switch, 64-bit IST, from virtual-8086)": "yes",
             "VMX-preemption timer": "yes (host-time deadline)",
             "sensitive instructions reached through a second linear alias of a scanned page":

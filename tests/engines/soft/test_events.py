@@ -108,3 +108,44 @@ def test_v8086_exceptions_reach_the_exception_bitmap():
     assert e.reason == ExitReason.EXCEPTION_NMI and e.interruption_info & 0xFF == 13
     assert mem.read_u16(vcpu.get_sregs().cs.base + vcpu.get_regs().rip) == 0x320F   # at the RDMSR
     engine.close()
+
+
+def test_guest_page_faults_between_exits_stay_page_faults():
+    """Regressions (Linux decompressor): unicorn looked emu_start's end address up through the guest's page
+    tables when translating; each failed walk left a #PF as QEMU's "previous exception", so the guest's next
+    #PF became a #DF and the one after that a silent triple fault (emulation returned before the faulting
+    instruction). And events delivered inside unicorn's interrupt hook left later I/O exits with a stale RIP."""
+    mem, engine, vcpu = make("pf64", mode="long")
+    seen = []
+    while True:
+        e = vcpu.run()
+        if e.reason == ExitReason.CPUID:
+            vcpu.skip_instruction()
+        elif e.reason != ExitReason.IO_INSTRUCTION:
+            break
+        seen.append((e.reason, e.port if e.reason == ExitReason.IO_INSTRUCTION else 0, vcpu.get_regs().rip))
+        vcpu.invalidate_code()   # translate again (the end address was looked up while translating)
+    assert e.reason == ExitReason.HLT, e.describe()
+    rounds = seen[:-1]
+    assert len(rounds) == 3 * 6 and seen[-1][:2] == (ExitReason.IO_INSTRUCTION, 0x81)
+    assert len({rip for reason, _, rip in rounds if reason == ExitReason.IO_INSTRUCTION}) == 1   # one OUT, one RIP
+    assert vcpu.get_regs().r12 == 6 and vcpu.get_regs().rax & 0xFF == 6                         # six #PFs, all handled
+    engine.close()
+
+
+def test_interrupt_window_awaited_across_a_long_cli_stretch():
+    """The window is awaited while 100,000 loop rounds run with IF clear (POPFD keeps loading IF=0); the exit
+    comes exactly after the STI shadow."""
+    mem, engine, vcpu = make("window_long16")
+    e = vcpu.run()
+    assert (e.reason, e.port) == (ExitReason.IO_INSTRUCTION, 0x80), e.describe()
+    vcpu.set_interrupt_window_exiting(True)
+    e = vcpu.run()
+    assert e.reason == ExitReason.INTERRUPT_WINDOW, e.describe()
+    regs = vcpu.get_regs()
+    assert regs.rcx & 0xFFFFFFFF == 0 and (regs.rax & 0xFFFF, regs.rbx & 0xFFFF) == (1, 0)
+    assert mem.read_u8(regs.rip) == 0x43                 # INC BX not run yet
+    vcpu.set_interrupt_window_exiting(False)
+    e = vcpu.run()
+    assert e.reason == ExitReason.HLT and vcpu.get_regs().rbx & 0xFFFF == 1
+    engine.close()

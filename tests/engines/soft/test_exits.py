@@ -165,3 +165,91 @@ def test_inline_dispatcher_keeps_running_until_false():
     assert seen[:3] == [(ExitReason.IO_INSTRUCTION, 0x80), (ExitReason.IO_INSTRUCTION, 0x81), (ExitReason.CPUID, 0)]
     assert seen[-1][0] == ExitReason.HLT
     engine.close()
+
+
+def test_real_mode_code_segment_with_a_base():
+    """RIP is an offset into CS: exits decode the code at CS base + RIP and complete in CS (SeaBIOS runs as F000:xxxx)."""
+    from smartvm_core.cpu import Segment
+    mem, engine, vcpu = make("cs16", at=0x11000)
+    sregs = vcpu.get_sregs()
+    sregs.cs = Segment.real_mode(0x1000, code=True)
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rip = 0x1000
+    vcpu.set_regs(regs)
+    vcpu.vmcs[VmcsField.CR0_GUEST_HOST_MASK] = 1 << 30        # CD is the host's ...
+    vcpu.vmcs[VmcsField.CR0_READ_SHADOW] = 1 << 30            # ... and reads as set
+
+    def at_rip(n):   # the bytes at CS:RIP
+        return mem.read(0x10000 + vcpu.get_regs().rip, n)
+
+    e = vcpu.run()
+    assert (e.reason, e.port, e.value & 0xFF, e.qualification >> 6 & 1) == (ExitReason.IO_INSTRUCTION, 0x80, 0x11, 1)
+    assert e.instruction_length == 2 and at_rip(2) == b"\xe6\x80"
+    e = vcpu.run()
+    assert (e.reason, e.port, e.is_in, e.instruction_length) == (ExitReason.IO_INSTRUCTION, 0x84, True, 2)
+    assert at_rip(2) == b"\xe4\x84"
+    e.value = 0x5A
+    e = vcpu.run()
+    assert e.reason == ExitReason.CPUID and at_rip(2) == b"\x0f\xa2"
+    vcpu.skip_instruction()
+    e = vcpu.run()
+    assert (e.reason, e.port, e.instruction_length) == (ExitReason.IO_INSTRUCTION, 0x86, 1), e.describe()
+    assert at_rip(1) == b"\xee"
+    assert mem.read_u8(0x600) == 0x5A
+    assert mem.read_u32(0x604) & (1 << 30) and mem.read_u32(0x604) & 0x10   # shadowed CD, real ET
+    e = vcpu.run()
+    assert e.reason == ExitReason.HLT and at_rip(1) == b"\xf4"
+    engine.close()
+
+
+def test_each_store_of_a_rep_stos_to_a_protected_page_exits():
+    """Every store of a multi-store instruction makes its own EPT violation (as on KVM); a store the handler
+    leaves protected is dropped and the instruction goes on; a store whose page the handler made writable is
+    retried and goes through, like the rest."""
+    mem, engine, vcpu = make("repstos16")
+    engine.set_page_protection(0x3000, 0x1000, 0b101)          # read + execute, no write
+    gpas = []
+    while True:
+        e = vcpu.run()
+        if e.reason != ExitReason.EPT_VIOLATION:
+            break
+        assert e.is_write and e.qualification & 2 and not e.qualification & 0x10
+        gpas.append(e.guest_physical_address)
+        if len(gpas) == 2:
+            engine.set_page_protection(0x3000, 0x1000, 0b111)  # the handler allows writes from now on
+    assert (e.reason, e.port) == (ExitReason.IO_INSTRUCTION, 0x80), e.describe()
+    assert gpas == [0x3000, 0x3001]
+    assert mem.read(0x3000, 4) == b"\x00\xab\xab\xab"           # the first dropped, the second retried
+    assert vcpu.get_regs().rcx & 0xFFFF == 0 and vcpu.get_regs().rdi & 0xFFFF == 0x3004
+    engine.close()
+
+
+def test_register_accessors_agree_with_get_regs_and_get_sregs():
+    """get_reg/set_reg, get_segment_selectors and get_cr0 read the same CPU as get_regs/get_sregs;
+    RFLAGS carries the arithmetic flags unicorn keeps apart (CF, ZF) and DF."""
+    from smartvm_core.cpu import Registers, Segment
+    mem, engine, vcpu = make("exits16")
+    regs = Registers(**{name: 0x1111 * (i + 1) for i, name in enumerate(
+        ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+         "r15"))}, rip=0x1000, rflags=0x2 | 1 | 1 << 6 | 1 << 10)
+    vcpu.set_regs(regs)
+    assert vcpu.get_regs() == regs
+    assert [vcpu.get_reg(n) for n in ("rax", "r15", "rip", "rflags")] == [regs.rax, regs.r15, 0x1000, regs.rflags]
+    vcpu.set_reg("rbx", 0xDEAD_BEEF_0000_0001)
+    vcpu.set_reg("rflags", 0x2 | 1 << 11)
+    got = vcpu.get_regs()
+    assert (got.rbx, got.rflags, got.rcx) == (0xDEAD_BEEF_0000_0001, 0x2 | 1 << 11, regs.rcx)
+    sregs = vcpu.get_sregs()
+    sregs.ds = Segment.real_mode(0x1234)
+    sregs.fs = Segment(selector=0x38, base=0x12345000, limit=0xFFFFF, type=3, db=1, g=1)
+    vcpu.set_sregs(sregs)
+    again = vcpu.get_sregs()
+    assert again.ds == sregs.ds and again.fs == sregs.fs and again.cs == sregs.cs
+    assert vcpu.get_segment_selectors() == (again.es.selector, again.cs.selector, again.ss.selector, 0x1234,
+                                            0x38, again.gs.selector)
+    assert vcpu.get_cr0() == again.cr0
+    import pytest
+    with pytest.raises(KeyError):
+        vcpu.get_reg("cr0")
+    engine.close()
