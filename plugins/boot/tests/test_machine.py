@@ -12,70 +12,31 @@ from pathlib import Path
 import pytest
 from build import BUILD, build_guest
 
-from smartvm_core import hookimpl
 from smartvm_core.builder import build_machine, load_experiment
 from smartvm_core.plugins import get_plugin_manager
 
 import smartvm_boot.plugin as boot_plugin
 
 
-class Uart:
-    """The transmit side of a 16550 at 0x3F8: THR bytes are collected, LSR says "empty"."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.console = None
-
-    def read(self, offset: int, size: int) -> int:
-        return 0x60 if offset == 5 else 0
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        if offset == 0:
-            self.out.append(value & 0xFF)
-            if self.console is not None:
-                self.console.write(bytes((value & 0xFF,)))
-
-
-class DebugExit:
-    def __init__(self, machine) -> None:
-        self.machine = machine
-
-    def read(self, offset: int, size: int) -> int:
-        return 0
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.machine.request_exit((value << 1) | 1)
-
-
-class Ports:
-    """The two ports these guests use, until the devices plugin's UART and isa-debug-exit are wired here."""
-
-    def __init__(self) -> None:
-        self.uart = Uart()
-
-    @hookimpl
-    def setup_machine(self, machine):
-        self.uart.console = machine.console
-        machine.pio.register(0x3F8, 8, self.uart, name="test-uart")
-        machine.pio.register(0xF4, 1, DebugExit(machine), name="test-debug-exit")
-
-
 def run_image(engine: str, image: dict, *, memory: str = "64M", timeout: float = 60, max_exits: int = 0,
               marker: str = "", with_exits: bool = False):
-    ports = Ports()
-    plugins = [("boot", boot_plugin), ("test-ports", ports)]
+    import smartvm_devices.plugin
+    plugins = [("devices", smartvm_devices.plugin), ("boot", boot_plugin)]
     if with_exits:
         import smartvm_exits.plugin
         plugins.insert(0, ("exits", smartvm_exits.plugin))
     pm = get_plugin_manager(entry_points=False, plugins=plugins)
     exp = load_experiment(pm, overrides={"machine": {"engine": engine, "memory": memory},
                                          "stop": {"timeout": timeout, "max_exits": max_exits, "marker": marker},
-                                         "console": {"output": "none"}, "image": [image]})
+                                         "console": {"output": "none"}, "image": [image],
+                                         # the devices plugin's 16550A at 0x3F8 and isa-debug-exit at 0xF4
+                                         "device": [{"type": "uart", "backend": "stdio"},
+                                                    {"type": "isa-debug-exit"}]})
     machine = build_machine(pm, exp)
     try:
         t0 = time.monotonic()
         stop = machine.run()
-        return stop, bytes(ports.uart.out), time.monotonic() - t0, machine.load_results
+        return stop, machine.console.data(), time.monotonic() - t0, machine.load_results
     finally:
         machine.close()
 
