@@ -94,3 +94,12 @@ def test_unknown_engine_and_unusable_flag(tmp_path):
     build_guest("demo/hello")
     r = smartvm("run", str(exp))
     assert r.returncode == 2 and "machine.engine: unknown engine 'warp'" in r.stderr
+
+
+def test_kernel_and_append_as_qemu_users_expect():
+    kernel = build_guest("boot/multiboot")
+    r = smartvm("run", "--kernel", str(kernel), "--append", "console=ttyS0 answer=42", "--device", "isa-debug",
+                "--engine", "soft", "--report", "none")
+    assert "multiboot: ok" in r.stdout, r.stderr
+    assert "cmdline: console=ttyS0 answer=42" in r.stdout
+    assert r.returncode not in (1, 2, 124), r.stderr   # the kernel's own isa-debug-exit status
