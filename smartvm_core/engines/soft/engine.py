@@ -689,44 +689,43 @@ class SoftVcpu(EngineVcpu):
         """Hand an exit to the handlers from the CPU loop (unicorn is not running)."""
         if self._closed:
             return
-        d = self._dispatch
         self._depth += 1
         try:
-            if d is not None and self._thread is None:
-                if not d(e):
-                    self._leave = True
-            else:
-                self._posted = e
-                self._to_caller.release()
-                self._to_cpu.acquire()
-                if self._closed:
-                    return
-                self._load_controls()
+            self._hand_over(e)
         finally:
             self._depth -= 1
+
+    def _hand_over(self, e: VmExit) -> bool:
+        """Run the handlers for ``e``: inline, or by posting it to the thread in ``run()``.
+
+        Returns False if the vCPU was closed while the exit was out.
+        """
+        d = self._dispatch
+        if d is not None and self._thread is None:
+            if not d(e):
+                self._leave = True
+            return True
+        self._posted = e
+        self._to_caller.release()
+        self._to_cpu.acquire()
+        if self._closed:
+            return False
+        self._load_controls()
+        return True
 
     def _deliver_mmio(self, e: VmExit) -> None:
         """An MMIO access inside unicorn: answer it now, drain if the guest must stop here."""
         if self._closed:
             self.uc.emu_stop()
             return
-        d = self._dispatch
         self._rip_override = None
         self._drain_tb = self.uc.reg_read(_RIP)   # unicorn's RIP is the block start here
         self._in_hook = True
         self._depth += 1
         try:
-            if d is not None and self._thread is None:
-                if not d(e):
-                    self._leave = True
-            else:
-                self._posted = e
-                self._to_caller.release()
-                self._to_cpu.acquire()
-                if self._closed:
-                    self.uc.emu_stop()
-                    return
-                self._load_controls()
+            if not self._hand_over(e):
+                self.uc.emu_stop()
+                return
         finally:
             self._depth -= 1
             self._in_hook = False
