@@ -96,6 +96,9 @@ def load_experiment(pm: pluggy.PluginManager, path: Path | None = None,
     if overrides:
         # validate the overrides on their own first, so errors name the command line
         cli_raw = {k: v for k, v in overrides.items() if v}
+        if cli_raw.get("image"):  # images given on the command line are relative to the current directory
+            cli_raw["image"] = [{**im, "path": str(Path(im["path"]).resolve())} if isinstance(im, dict)
+                                and isinstance(im.get("path"), str) else im for im in cli_raw["image"]]
         build_experiment(cli_raw, sections, source="<command line>", base_dir=Path.cwd())
         for name, value in cli_raw.items():
             if isinstance(value, list):
@@ -105,12 +108,6 @@ def load_experiment(pm: pluggy.PluginManager, path: Path | None = None,
                 if not isinstance(table, dict):
                     raise ConfigError(source, name, "expected a table")
                 table.update(value)
-    if overrides and overrides.get("image"):
-        # images given on the command line are relative to the current directory
-        for im in raw["image"]:
-            p = Path(im["path"])
-            if not p.is_absolute():
-                im["path"] = str(p.resolve()) if im in overrides["image"] else im["path"]
     exp = build_experiment(raw, sections, source=source, base_dir=base_dir)
     exp.cli = dict(cli_options or {})
     pm.hook.configure.call_historic(kwargs={"experiment": exp})

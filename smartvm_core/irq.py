@@ -83,6 +83,11 @@ class InterruptRouter:
         """Send line changes to the engine's own controller (``KVM_IRQ_LINE``)."""
         self._engine_set_irq = set_irq
 
+    @property
+    def engine_routed(self) -> bool:
+        """True when lines go to the engine's own interrupt controller (KVM in-kernel irqchip)."""
+        return self._engine_set_irq is not None
+
     def set_irq(self, line: int, level: bool) -> None:
         with self._lock:
             if self._engine_set_irq is not None:

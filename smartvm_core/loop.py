@@ -31,15 +31,13 @@ class ExitStats:
     ``guest_ns`` when the vCPU's loop parks or ends.
     """
 
-    __slots__ = ("counts", "times", "guest_ns", "total", "inline_ns")
+    __slots__ = ("counts", "times", "guest_ns", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * TABLE_SIZE
         self.times = [0] * TABLE_SIZE
         self.guest_ns = 0
         self.total = 0
-        #: VMM time spent in handlers called from inside the engine (inline dispatch)
-        self.inline_ns = 0
 
     def by_reason(self) -> dict[str, tuple[int, int]]:
         out = {}
@@ -95,11 +93,16 @@ class DispatchTable:
                 self._port_entries.setdefault(port, []).append(entry)
         return register
 
+    @staticmethod
+    def _ordered(entries: list[tuple[int, int, str, Handler]]) -> list[tuple[int, int, str, Handler]]:
+        """Call order: descending priority, then registration order."""
+        return sorted(entries, key=lambda e: (e[0], e[1]))
+
     def freeze(self) -> None:
         table: list[tuple[Handler, ...]] = [()] * TABLE_SIZE
         for reason, entries in self._entries.items():
-            table[reason] = tuple(h for _, _, _, h in sorted(entries, key=lambda e: (e[0], e[1])))
-        self.port_table = {port: tuple(h for _, _, _, h in sorted(entries, key=lambda e: (e[0], e[1])))
+            table[reason] = tuple(h for _, _, _, h in self._ordered(entries))
+        self.port_table = {port: tuple(h for _, _, _, h in self._ordered(entries))
                            for port, entries in self._port_entries.items()}
         if self.port_table:
             io = int(ExitReason.IO_INSTRUCTION)
@@ -124,10 +127,9 @@ class DispatchTable:
         out = []
         if int(reason) == ExitReason.IO_INSTRUCTION:
             for port in sorted(self._port_entries):
-                for _, _, label, _ in sorted(self._port_entries[port], key=lambda e: (e[0], e[1])):
+                for _, _, label, _ in self._ordered(self._port_entries[port]):
                     out.append(f"port {port:#x}: {label}")
-        entries = sorted(self._entries.get(int(reason), []), key=lambda e: (e[0], e[1]))
-        return out + [label for _, _, label, _ in entries]
+        return out + [label for _, _, label, _ in self._ordered(self._entries.get(int(reason), []))]
 
     def describe(self) -> dict[str, list[str]]:
         reasons = set(self._entries) | ({int(ExitReason.IO_INSTRUCTION)} if self._port_entries else set())
@@ -218,9 +220,7 @@ def make_inline_dispatcher(machine: "Machine", vcpu: "EngineVcpu", stats: ExitSt
             return False
         counts[reason] += 1
         stats.total += 1
-        ns = perf() - t0
-        times[reason] += ns
-        stats.inline_ns += ns
+        times[reason] += perf() - t0
         if stats.total >= control.max_exits:
             machine.stop("max-exits", f"{stats.total} exits on vCPU {vcpu.index}")
         if control.stop_requested or control.pause_requested:

@@ -249,7 +249,7 @@ class Machine:
                 return True
             if rflags_if and self.irq.pending():
                 return True
-            if self.irq.controller is None and self.irq._engine_set_irq is not None and rflags_if:
+            if self.irq.controller is None and self.irq.engine_routed and rflags_if:
                 return True  # the engine's own irqchip delivers
             deadline = self.clock.next_deadline()
             now = self.clock.now_ns()
