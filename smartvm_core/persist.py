@@ -155,9 +155,12 @@ def load_snapshot(machine: "Machine", path: Path) -> None:
                 raise SnapshotError(f"{path}: memory/{m['backing']}.bin has {len(data)} bytes, expected {r.backing.size}")
             r.backing.mmap[:] = data
             done.add(m["backing"])
-    restore_cpu_and_devices(machine, from_plain(meta["cpu"]))
-    if machine.engine is not None:
-        machine.engine.restore_state(from_plain(meta["engine_state"]))
-    machine.hook.restore_state(machine=machine, state=from_plain(meta["plugins"]))
+    try:
+        restore_cpu_and_devices(machine, from_plain(meta["cpu"]))
+        if machine.engine is not None:
+            machine.engine.restore_state(from_plain(meta["engine_state"]))
+        machine.hook.restore_state(machine=machine, state=from_plain(meta["plugins"]))
+    except (KeyError, TypeError, ValueError, IndexError) as e:  # a damaged or foreign snapshot
+        raise SnapshotError(f"{path}: state does not fit this machine: {type(e).__name__}: {e}") from e
     if machine.state in ("created",):
         machine.state = "loaded"

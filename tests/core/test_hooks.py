@@ -344,3 +344,31 @@ def test_hook_run_report():
     assert ("mine", ["ports used: 1"]) in r.report.sections
     assert "-- mine --" in r.report.to_text()
     assert '"mine": 1' in r.report.to_json()
+
+
+def test_damaged_snapshot_is_refused_naming_the_file(tmp_path):
+    import json
+    import zipfile
+
+    from smartvm_core.errors import SnapshotError
+
+    m = make_machine(cfg([]), plugins=[("scripted", ScriptedPlugin())], entry_points=False, disable=NO_ENGINES)
+    try:
+        snap = tmp_path / "vm.snap"
+        save_snapshot(m, snap)
+        with zipfile.ZipFile(snap) as z:
+            meta = json.loads(z.read("machine.json"))
+            members = {n: z.read(n) for n in z.namelist()}
+        meta["cpu"]["vcpus"][0] = {"regs": "garbage"}
+        members["machine.json"] = json.dumps(meta).encode()
+        bad = tmp_path / "bad.snap"
+        with zipfile.ZipFile(bad, "w") as z:
+            for n, data in members.items():
+                z.writestr(n, data)
+        with pytest.raises(SnapshotError, match="bad.snap: state does not fit this machine"):
+            load_snapshot(m, bad)
+        (tmp_path / "junk.snap").write_bytes(b"not a zip")
+        with pytest.raises(SnapshotError, match="not a snapshot file"):
+            load_snapshot(m, tmp_path / "junk.snap")
+    finally:
+        m.close()
