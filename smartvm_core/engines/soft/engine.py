@@ -6,8 +6,9 @@ instruction on the normal path:
 * native unicorn hooks, one per event type (I/O instructions, interrupts and
   exceptions, unbacked and read-only memory);
 * *sites*: guest memory is mapped without execute permission, so the
-  translator reports the code bytes it fetches; the first fetch from a page
-  scans it for the instructions unicorn gives no event for (MOV CR/DR,
+  translator reports the code bytes it fetches (by guest-physical address;
+  the linear page is the block's, from CS base + RIP); the first fetch from a
+  (linear page, physical page) pair scans it for the instructions unicorn gives no event for (MOV CR/DR,
   RDMSR/WRMSR, INVLPG, CLTS, LMSW, VMCALL, INVD, WBINVD, XSETBV, CPUID,
   RDTSC/RDTSCP; see :mod:`.sites`) and puts a one-address code hook on each.
   A fetch whose bytes differ from the scanned copy (self-modifying code)
@@ -31,10 +32,10 @@ further guest instruction has run. MMIO (EPT-violation) exits drain the same
 way; their state is not rolled back, so instructions without memory or I/O
 side effects that follow the access in its block may have run first.
 
-Known limits: a physical page scanned through one linear address and later
-executed through another is not rescanned (its sites do not exit there);
-host code that rewrites guest code behind the CPU calls
-:meth:`SoftVcpu.invalidate_code`. Should unicorn ever return again and again
+Scanned pages are kept per (linear, physical) pair, so a physical page run
+through a second linear alias, or a linear page that another address space
+maps elsewhere, is scanned and hooked for that pair too. Host code that
+rewrites guest code behind the CPU calls :meth:`SoftVcpu.invalidate_code`. Should unicorn ever return again and again
 without running the instruction at RIP, the engine stops the VM with an
 error instead of spinning.
 
@@ -77,7 +78,7 @@ from ...vmx import (EventInjection, ExitReason, ProcBasedControls, ProcBasedCont
                     clts_exits, cr_read_value, cr_write_exits, exception_exits, lmsw_exits, msr_bitmap_exits)
 from ..base import Availability, Engine, EngineOptions, EngineVcpu, VmxBitmaps
 from . import delivery, sites
-from .ucstate import EFER_MSR, SEG_INDEX, HF_CPL_MASK, HF_CS32, HF_CS64, HF_INHIBIT_IRQ, Blob, layout
+from .ucstate import EFER_MSR, SEG_INDEX, HF_CPL_MASK, HF_CS32, HF_CS64, HF_INHIBIT_IRQ, HF_LMA, Blob, layout
 
 #: emu_start's end address; ignored, since the CPU runs with unicorn's exit list enabled and empty (see SoftVcpu.__init__)
 UNTIL = 0xFFFF_FFFF_FFFF_FFFF
@@ -120,6 +121,11 @@ _reg_write.restype = ctypes.c_int
 _emu_stop = ctypes.CDLL(uclib._name).uc_emu_stop
 #: UC_HOOK_CODE's C signature, for a callback without the binding's wrappers (the window probe)
 _HOOK_CODE_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+#: UC_HOOK_INSN for IN and OUT: (uc, port, size, user data) -> value; (uc, port, size, value, user data)
+_HOOK_IN_CFUNC = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_void_p)
+_HOOK_OUT_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                                   ctypes.c_void_p)
+_FAST_IO = 1   # VmExit.fast_kind of the port-I/O fast path
 _GPR16 = struct.Struct("<16Q")   # QEMU's regs[]: the SDM's GPR encoding order
 _SEG = struct.Struct("<IIQII")    # QEMU's SegmentCache: selector, (pad), base, limit, flags
 _CR5 = struct.Struct("<5Q")       # cr[0..4]
@@ -153,9 +159,11 @@ class SoftVcpu(EngineVcpu):
         uc.ctl_set_exits([])
         self._mapped: dict[int, MemoryRegion] = {}
         self._mmio_pages: set[int] = set()
-        # code-site scanning: linear page -> (physical page, bytes scanned), hook handles
-        self._pages: dict[int, tuple[int, bytes]] = {}
-        self._page_hooks: dict[int, list[int]] = {}
+        # code-site scanning: (linear page, guest-physical page) -> the bytes scanned, and the
+        # candidate site addresses each pair holds; one code hook per linear address: [handle, users]
+        self._pages: dict[tuple[int, int], bytes] = {}
+        self._page_sites: dict[tuple[int, int], list[int]] = {}
+        self._site_hooks: dict[int, list[int]] = {}
         self._io_cache: dict[int, tuple[int, dict[str, Any]] | None] = {}
         self._retranslate: set[int] = set()
         self._site_hook_cb = self._on_site
@@ -212,8 +220,12 @@ class SoftVcpu(EngineVcpu):
         self._error: BaseException | None = None
         # one native hook per event type
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        # IN/OUT: raw ctypes callbacks straight into the engine, without the binding's two wrapper
+        # frames (the I/O round trip is the hot path); _hook_failed keeps the binding's exception contract
+        self._in_cb = _HOOK_IN_CFUNC(self._raw_in)
+        self._out_cb = _HOOK_OUT_CFUNC(self._raw_out)
+        uc._Uc__do_hook_add(UC_HOOK_INSN, self._in_cb, 1, 0, ctypes.c_int(X.UC_X86_INS_IN))
+        uc._Uc__do_hook_add(UC_HOOK_INSN, self._out_cb, 1, 0, ctypes.c_int(X.UC_X86_INS_OUT))
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         self._keep = []
         for insn in (X.UC_X86_INS_RDTSC, X.UC_X86_INS_RDTSCP):
@@ -249,10 +261,10 @@ class SoftVcpu(EngineVcpu):
 
     def _forget_code(self) -> None:
         """Drop every scanned page and its site hooks (guest-physical layout changed)."""
-        for handles in self._page_hooks.values():
-            for h in handles:
-                self.uc.hook_del(h)
-        self._page_hooks.clear()
+        for handle, _users in self._site_hooks.values():
+            self.uc.hook_del(handle)
+        self._site_hooks.clear()
+        self._page_sites.clear()
         self._pages.clear()
         self._io_cache.clear()
         self.uc.ctl_flush_tb()
@@ -347,13 +359,15 @@ class SoftVcpu(EngineVcpu):
             if page in prot:
                 self._protect(page << 12, PAGE_SIZE, prot[page])
 
-    def _policy_fault(self, kind: int, address: int, size: int) -> bool:
+    def _policy_fault(self, kind: int, address: int, size: int, gpa: int | None = None) -> bool:
         """A read (0) or fetch (2) of a page whose protection forbids it: a deferred EPT_VIOLATION.
 
+        ``address`` is linear; ``gpa`` its guest-physical address when the caller knows it.
         Returns True if it was one (the access must not go on); the CPU loop
         hands the exit out and retries the instruction.
         """
-        gpa = self._gpa(address)
+        if gpa is None:
+            gpa = self._gpa(address)
         allowed = self.engine._prot.get(gpa >> 12)
         if allowed is None or allowed & (1 << kind):
             return False
@@ -364,58 +378,108 @@ class SoftVcpu(EngineVcpu):
 
     # -- code sites ---------------------------------------------------------------
     def _on_fetch(self, uc: Uc, access: int, address: int, size: int, value: int, _: Any) -> bool:
-        """The translator fetches code bytes: scan new pages, rescan changed ones."""
+        """The translator fetches code bytes: scan new (linear page, physical page) pairs, rescan changed ones.
+
+        unicorn reports the guest-physical address of the bytes; the linear page comes from the
+        CPU state, whose CS base + RIP is the start of the block being translated (the bytes are
+        on that page or, for a block crossing a page boundary, on the next).
+        """
         if self._draining:
             return False
-        if self.engine._prot and self._policy_fault(2, address, size):
-            return False  # Engine.set_page_protection took execute away
-        page = address & ~(PAGE_SIZE - 1)
-        info = self._pages.get(page)
-        if info is not None:
-            off = address - page
-            phys, snap = info
-            if phys < 0:
-                return True
-            if off + size <= PAGE_SIZE:
-                try:
-                    if self.memory.read(phys + off, size) == snap[off:off + size]:
-                        return True
-                except GuestMemoryError:
-                    return True
+        pa = address & ~(PAGE_SIZE - 1)
+        off = address - pa
+        start = self._linear(_U64.unpack_from(self._ctx_buf, self.lay.rip)[0])   # _linear refreshed the buffer
+        lp = start & ~(PAGE_SIZE - 1)
+        snap = self._pages.get((lp, pa))
+        if snap is None:
+            nxt = (lp + PAGE_SIZE) & self._linear_mask()
+            snap = self._pages.get((nxt, pa))
+            if snap is not None:
+                lp = nxt
             else:
+                found = self._linear_page_of(pa, lp)
+                if found is None:
+                    return True   # not reached through this block's pages (cannot be hooked by address)
+                lp = found
+        if self.engine._prot and self._policy_fault(2, lp + off, size, gpa=address):
+            return False  # Engine.set_page_protection took execute away
+        if snap is not None:
+            if off + size > PAGE_SIZE or not snap:
                 return True
-        starts = self._scan_page(page)
+            try:
+                if self.memory.read(address, size) == snap[off:off + size]:
+                    return True
+            except GuestMemoryError:
+                return True
+        starts = self._scan_page(lp, pa)
         # the translator asked whether the current instruction is hooked before fetching it: if a
         # site may start here, drop the block before it runs so it is translated again with the hook
-        if any(address - 15 < a <= address for a in starts):
-            self._retranslate.add(page)
+        here = lp + off
+        if any(here - 15 < a <= here for a in starts):
+            self._retranslate.add(lp)
             uc.emu_stop()
         return True
 
-    def _scan_page(self, page: int) -> list[int]:
-        """Scan one linear page and hook its candidate sites; returns their addresses."""
-        uc = self.uc
-        for h in self._page_hooks.pop(page, ()):
-            uc.hook_del(h)
-        for a in [a for a in self._io_cache if a & ~(PAGE_SIZE - 1) == page]:
+    def _linear_mask(self) -> int:
+        return 0xFFFF_FFFF_FFFF_FFFF if _U32.unpack_from(self._ctx_buf, self.lay.hflags)[0] & HF_LMA \
+            else 0xFFFF_FFFF
+
+    def _linear_page_of(self, pa: int, lp: int) -> int | None:
+        """Which of the linear pages ``lp`` and the one after it maps to guest-physical page ``pa``."""
+        crs = self._crs()
+        for cand in (lp, (lp + PAGE_SIZE) & self._linear_mask()):
+            try:
+                if delivery.translate(self.memory, *crs, cand) & ~(PAGE_SIZE - 1) == pa:
+                    return cand
+            except delivery.DeliveryFault:
+                pass
+        return None
+
+    def _scan_page(self, lp: int, pa: int) -> list[int]:
+        """Scan guest-physical page ``pa`` as linear page ``lp`` and hook its candidate sites.
+
+        Returns their linear addresses. Sites are kept per (linear, physical) pair: one physical
+        page reached through several linear aliases, or one linear page mapped to different
+        physical pages by different address spaces, each gets its own hooks (one hook per linear
+        address, shared by the pairs that need it).
+        """
+        key = (lp, pa)
+        self._unhook(key)
+        for a in [a for a in self._io_cache if a & ~(PAGE_SIZE - 1) == lp]:
             del self._io_cache[a]
         try:
-            phys = delivery.translate(self.memory, *self._crs(), page)
-            data = self.memory.read(phys, PAGE_SIZE)
-        except (delivery.DeliveryFault, GuestMemoryError):
-            # not plain RAM/ROM at this address (unicorn faults the fetch itself): nothing to scan
-            self._pages[page] = (-1, b"")
+            data = self.memory.read(pa, PAGE_SIZE)
+        except GuestMemoryError:
+            # not plain RAM/ROM (unicorn faults the fetch itself): nothing to scan
+            self._pages[key] = b""
             return []
         ahead = b""
         try:
-            nphys = delivery.translate(self.memory, *self._crs(), page + PAGE_SIZE)
+            nphys = delivery.translate(self.memory, *self._crs(), (lp + PAGE_SIZE) & self._linear_mask())
             ahead = self.memory.read(nphys, 15)
         except (delivery.DeliveryFault, GuestMemoryError):
             pass
-        self._pages[page] = (phys, data)
-        starts = sites.scan(data + ahead, page, 0, PAGE_SIZE)
-        self._page_hooks[page] = [uc.hook_add(UC_HOOK_CODE, self._site_hook_cb, None, a, a) for a in starts]
+        self._pages[key] = data
+        starts = sites.scan(data + ahead, lp, 0, PAGE_SIZE)
+        hooks = self._site_hooks
+        for a in starts:
+            entry = hooks.get(a)
+            if entry is None:
+                hooks[a] = [self.uc.hook_add(UC_HOOK_CODE, self._site_hook_cb, None, a, a), 1]
+            else:
+                entry[1] += 1
+        self._page_sites[key] = starts
         return starts
+
+    def _unhook(self, key: tuple[int, int]) -> None:
+        """Release the site hooks that one scanned (linear, physical) pair holds."""
+        hooks = self._site_hooks
+        for a in self._page_sites.pop(key, ()):
+            entry = hooks[a]
+            entry[1] -= 1
+            if not entry[1]:
+                self.uc.hook_del(entry[0])
+                del hooks[a]
 
     def _read_code(self, linear: int, size: int = 15) -> bytes:
         out = b""
@@ -571,7 +635,9 @@ class SoftVcpu(EngineVcpu):
         elif kind == "invlpg":
             linear = self._effective_address(code_at, rip, site, bits)
             if not proc & ProcBasedControls.INVLPG_EXITING:
-                self._pages.pop(linear & ~(PAGE_SIZE - 1), None)
+                page = linear & ~(PAGE_SIZE - 1)
+                for a in [a for a in self._io_cache if a & ~(PAGE_SIZE - 1) == page]:
+                    del self._io_cache[a]
                 return None
             e.reset(ExitReason.INVLPG, linear)
             e.guest_linear_address = linear
@@ -609,8 +675,11 @@ class SoftVcpu(EngineVcpu):
         return any(self.vmcs.read(f) == value for f in fields[:min(count, 4)])
 
     def _after_cr_write(self) -> None:
-        """Paging may change: linear-to-physical facts of scanned pages are stale."""
-        self._pages.clear()
+        """Paging may change: what is cached per linear address (I/O instruction facts) is stale.
+
+        Scanned code pages are kept per (linear, physical) pair, so they stay valid.
+        """
+        self._io_cache.clear()
 
     def _effective_address(self, code_at: int, rip: int, site: sites.Site, bits: int) -> int:
         """Linear address of a memory operand (INVLPG, LMSW m16), via capstone (code at linear ``code_at``)."""
@@ -803,7 +872,15 @@ class SoftVcpu(EngineVcpu):
         if site is None:
             site = self._io_site(linear, 64 if hflags & HF_CS64 else 32 if hflags & HF_CS32 else 16)
         length, qbits, string = site
-        e = self.exit.reset(ExitReason.IO_INSTRUCTION, (size - 1) | (8 if is_in else 0) | qbits | port << 16)
+        e = self.exit
+        if string is not None:
+            e.reset(ExitReason.IO_INSTRUCTION)
+        elif e.fast_kind != _FAST_IO:
+            # every field outside the ones set below is neutral after the reset; later I/O exits of
+            # this kind skip it (see smartvm_core.exit)
+            e.reset(ExitReason.IO_INSTRUCTION)
+            e.fast_kind = _FAST_IO
+        e.qualification = (size - 1) | (8 if is_in else 0) | qbits | port << 16
         e.port, e.size, e.is_in = port, size, is_in
         e.instruction_length = length
         full = (1 << (8 * size)) - 1
@@ -974,15 +1051,28 @@ class SoftVcpu(EngineVcpu):
         if not left:
             uc.reg_write(_RIP, p.rip + p.length)
 
-    def _on_in(self, uc: Uc, port: int, size: int, _: Any) -> int:
-        if self._draining or not self._io_exits(port, size):
-            return (1 << (8 * size)) - 1  # nothing answers: the bus floats high
-        return self._io_exit(port, size, True, 0)
+    def _raw_in(self, _uch: Any, port: int, size: int, _: Any) -> int:
+        try:
+            if self._draining or (self._io_mode != 1 and not self._io_exits(port, size)):
+                return (1 << (8 * size)) - 1  # nothing answers: the bus floats high
+            return self._io_exit(port, size, True, 0)
+        except BaseException as exc:
+            self._hook_failed(exc)
+            return 0
 
-    def _on_out(self, uc: Uc, port: int, size: int, value: int, _: Any) -> None:
-        if self._draining or not self._io_exits(port, size):
-            return
-        self._io_exit(port, size, False, value)
+    def _raw_out(self, _uch: Any, port: int, size: int, value: int, _: Any) -> None:
+        try:
+            if self._draining or (self._io_mode != 1 and not self._io_exits(port, size)):
+                return
+            self._io_exit(port, size, False, value)
+        except BaseException as exc:
+            self._hook_failed(exc)
+
+    def _hook_failed(self, exc: BaseException) -> None:
+        """A raw hook raised: record it where ``Uc.emu_start`` re-raises it, and stop (the binding's contract)."""
+        if self.uc._hook_exception is None:
+            self.uc._hook_exception = exc
+        _emu_stop(self._uch)
 
     def _on_cpuid(self, uc: Uc, _: Any) -> int:
         """CPUID that no site hook caught (code written behind the scanner's back)."""
@@ -1708,8 +1798,8 @@ class SoftEngine(Engine):
             "interrupt-window exiting": "yes (hooks every instruction while the window is closed)",
             "event injection (IVT/IDT, TSS stack switch, 64-bit IST, from virtual-8086)": "yes",
             "VMX-preemption timer": "yes (host-time deadline)",
-            "sensitive instructions reached through a second linear alias of a scanned page":
-                "no: sites are found per linear page at its first fetch",
+            "sensitive instructions through linear aliases and per-address-space mappings":
+                "yes (sites are scanned per linear/physical page pair)",
             "task gates": "no",
             "EPT paging structures and permissions (guest-physical is the machine's memory map)": "no",
             "TPR shadow, virtual APIC, NMI-window exiting, monitor trap flag": "no",

@@ -230,3 +230,45 @@ def test_software_interrupt_injection_real_mode():
     _expect(vcpu, ExitReason.CPUID)
     assert mem.read_u16(sp - 6) == rip + 2 + 2
     engine.close()
+
+
+def _alias_run(vcpu, stop_at=ExitReason.HLT):
+    seen = []
+    while True:
+        e = vcpu.run()
+        seen.append((e.reason, vcpu.get_regs().rip))
+        if e.reason == stop_at:
+            return seen
+        if e.reason == ExitReason.RDMSR:
+            vcpu.skip_instruction()
+
+
+def test_a_physical_code_page_exits_through_every_linear_alias():
+    # linear 4 GiB + x maps onto physical x: the RDMSR at 0x2000 runs through both addresses
+    mem, engine, vcpu = make("alias64", mode="long")
+    mem.write_u64(0x101000 + 8 * 4, 0x102000 | 3)     # PDPT[4] -> the page directory of GiB 0
+    seen = _alias_run(vcpu, stop_at=ExitReason.IO_INSTRUCTION)
+    assert seen == [(ExitReason.RDMSR, 0x2000), (ExitReason.RDMSR, 0x1_0000_2000),
+                    (ExitReason.IO_INSTRUCTION, seen[-1][1])]
+    engine.close()
+
+
+def test_one_linear_page_in_two_address_spaces_exits_at_each_mapping_sites():
+    mem, engine, vcpu = make("aspace64", mode="long")
+    x = 0x40000000
+
+    def map_x(pdpt, pd, pt, phys):
+        mem.write_u64(pdpt + 8 * (x >> 30), pd | 3)
+        mem.write_u64(pd, pt | 3)
+        mem.write_u64(pt, phys | 3)
+
+    map_x(0x101000, 0x110000, 0x111000, 0x3000)       # space A: the helper's tables, X -> 0x3000
+    pml4_b, pdpt_b = 0x120000, 0x121000                 # space B: a copy, X -> 0x4000
+    mem.write_u64(pml4_b, pdpt_b | 3)
+    mem.write(pdpt_b, mem.read(0x101000, 8 * 4))
+    map_x(pdpt_b, 0x122000, 0x123000, 0x4000)
+    seen = _alias_run(vcpu, stop_at=ExitReason.IO_INSTRUCTION)
+    assert [r for r, _ in seen[:3]] == [ExitReason.RDMSR] * 3
+    assert [rip for _, rip in seen[:3]] == [x, x + 0x10, x]
+    assert seen[3][0] == ExitReason.IO_INSTRUCTION
+    engine.close()
