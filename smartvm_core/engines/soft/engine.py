@@ -30,7 +30,11 @@ current translation block ends, then restores the CPU state saved in the hook
 and completes the instruction itself (IN value, RSI/RDI/RCX, RIP), so no
 further guest instruction has run. MMIO (EPT-violation) exits drain the same
 way; their state is not rolled back, so instructions without memory or I/O
-side effects that follow the access in its block may have run first.
+side effects that follow the access in its block may have run first. During
+an MMIO exit, RIP is the last one unicorn synchronised in the current
+translation block (the block start, or an earlier faulting or hooked
+instruction), not always the accessing instruction: the exit's guest-physical
+and linear addresses, size and value are exact, its RIP is not.
 
 Scanned pages are kept per (linear, physical) pair, so a physical page run
 through a second linear alias, or a linear page that another address space
@@ -1793,7 +1797,8 @@ class SoftEngine(Engine):
             "CR3 load/store exiting (CR3-target values), CR8 load/store exiting": "yes",
             "INVLPG exiting, MOV-DR exiting": "yes",
             "VMCALL, INVD, XSETBV (unconditional), WBINVD exiting": "yes",
-            "EPT violations (unbacked guest-physical, ROM writes)": "yes",
+            "EPT violations (unbacked guest-physical, ROM writes)":
+                "yes (MMIO: exact address, size and value; RIP may be an earlier instruction of the block)",
             "triple fault": "yes",
             "interrupt-window exiting": "yes (hooks every instruction while the window is closed)",
             "event injection (IVT/IDT, TSS stack switch, 64-bit IST, from virtual-8086)": "yes",
