@@ -336,10 +336,12 @@ class Vmcs:
     writable here so that engines can record VM exits.
     """
 
-    __slots__ = ("_values",)
+    __slots__ = ("_values", "version")
 
     def __init__(self, values: Mapping[VmcsField | int, int] | None = None) -> None:
         self._values: dict[VmcsField, int] = {}
+        #: counts writes, so an engine can tell cheaply that a handler changed a control
+        self.version = 0
         for field, value in (values or {}).items():
             self.write(field, value)
 
@@ -366,6 +368,7 @@ class Vmcs:
         if high:
             value = (self._values.get(member, 0) & 0xFFFF_FFFF) | value << 32
         self._values[member] = value
+        self.version += 1
 
     def __getitem__(self, field: VmcsField | int) -> int:
         return self.read(field)

@@ -130,6 +130,14 @@ _HOOK_IN_CFUNC = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uin
 _HOOK_OUT_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
                                    ctypes.c_void_p)
 _FAST_IO = 1   # VmExit.fast_kind of the port-I/O fast path
+#: plain-int control bits for the CPU loop (IntFlag arithmetic costs about a microsecond)
+_WINDOW_EXITING = int(ProcBasedControls.INTERRUPT_WINDOW_EXITING)
+_HLT_EXITING = int(ProcBasedControls.HLT_EXITING)
+_RDTSC_EXITING = int(ProcBasedControls.RDTSC_EXITING)
+#: the six segment selectors in QEMU's SegmentCache array (24 bytes each, the SDM's order)
+_SELECTORS = struct.Struct("<" + "20x".join(["I"] * 6))
+#: UC_HOOK_INTR: (uc, interrupt number, user data)
+_HOOK_INTR_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 _GPR16 = struct.Struct("<16Q")   # QEMU's regs[]: the SDM's GPR encoding order
 _SEG = struct.Struct("<IIQII")    # QEMU's SegmentCache: selector, (pad), base, limit, flags
 _CR5 = struct.Struct("<5Q")       # cr[0..4]
@@ -195,6 +203,8 @@ class SoftVcpu(EngineVcpu):
         self._depth = 0
         self._tsc_offset = 0
         self._exit_rip: int | None = None
+        #: RIP to put back when emu_start returns (an exit taken in a hook after which unicorn moves RIP)
+        self._rip_after_stop: int | None = None
         self._rip_override: int | None = None
         self._pending_io: _PendingIo | None = None
         self._pending_fault: tuple[int, int | None, int] | None = None
@@ -223,7 +233,8 @@ class SoftVcpu(EngineVcpu):
         self._closed = False
         self._error: BaseException | None = None
         # one native hook per event type
-        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self._intr_cb = _HOOK_INTR_CFUNC(self._raw_intr)
+        uc._Uc__do_hook_add(UC_HOOK_INTR, self._intr_cb, 1, 0)
         # IN/OUT: raw ctypes callbacks straight into the engine, without the binding's two wrapper
         # frames (the I/O round trip is the hot path); _hook_failed keeps the binding's exception contract
         self._in_cb = _HOOK_IN_CFUNC(self._raw_in)
@@ -300,8 +311,10 @@ class SoftVcpu(EngineVcpu):
             return linear
 
     def _crs(self) -> tuple[int, int, int, int]:
-        r = self.uc.reg_read
-        return r(X.UC_X86_REG_CR0), r(X.UC_X86_REG_CR3), r(X.UC_X86_REG_CR4), r(X.UC_X86_REG_MSR, EFER_MSR)
+        """(CR0, CR3, CR4, EFER), for page walks: one context copy instead of four register reads."""
+        buf, lay = self._fresh(), self.lay
+        cr0, _, _, cr3, cr4 = _CR5.unpack_from(buf, lay.cr)
+        return cr0, cr3, cr4, _U64.unpack_from(buf, lay.efer)[0]
 
     def _ept_exit(self, gpa: int, size: int, *, write: bool, fetch: bool = False, value: int = 0,
                   linear: int | None = None, readonly: bool = False) -> VmExit:
@@ -498,9 +511,10 @@ class SoftVcpu(EngineVcpu):
 
     def _cpu_state(self) -> tuple[int, int, bool]:
         """(address bits of CS: 16/32/64, CPL, virtual-8086) from unicorn's hflags."""
-        h = _U32.unpack_from(self._fresh(), self.lay.hflags)[0]
+        buf = self._fresh()
+        h = _U32.unpack_from(buf, self.lay.hflags)[0]
         bits = 64 if h & HF_CS64 else 32 if h & HF_CS32 else 16
-        return bits, h & HF_CPL_MASK, bool(self.uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_VM)
+        return bits, h & HF_CPL_MASK, bool(_U32.unpack_from(buf, self.lay.eflags)[0] & RFLAGS_VM)
 
     def _fresh(self) -> Any:
         """Refresh the preallocated context from the CPU; returns its buffer (offsets in ``self.lay``)."""
@@ -729,11 +743,13 @@ class SoftVcpu(EngineVcpu):
     # -- controls ---------------------------------------------------------------
     def _load_controls(self) -> None:
         v = self.vmcs
-        self._proc = v.read(VmcsField.CPU_BASED_VM_EXEC_CONTROL)
-        self._proc2 = v.read(VmcsField.SECONDARY_VM_EXEC_CONTROL) \
+        self._vmcs_version = v.version
+        # plain ints: a control word may be stored as an IntFlag, whose arithmetic is slow on hot paths
+        self._proc = int(v.read(VmcsField.CPU_BASED_VM_EXEC_CONTROL))
+        self._proc2 = int(v.read(VmcsField.SECONDARY_VM_EXEC_CONTROL)) \
             if self._proc & ProcBasedControls.ACTIVATE_SECONDARY_CONTROLS else 0
-        self._pin = v.read(VmcsField.PIN_BASED_VM_EXEC_CONTROL)
-        self._exc_bitmap = v.read(VmcsField.EXCEPTION_BITMAP)
+        self._pin = int(v.read(VmcsField.PIN_BASED_VM_EXEC_CONTROL))
+        self._exc_bitmap = int(v.read(VmcsField.EXCEPTION_BITMAP))
         self._pf_mask = v.read(VmcsField.PAGE_FAULT_ERROR_CODE_MASK)
         self._pf_match = v.read(VmcsField.PAGE_FAULT_ERROR_CODE_MATCH)
         if self._proc & ProcBasedControls.USE_IO_BITMAPS:
@@ -803,7 +819,7 @@ class SoftVcpu(EngineVcpu):
             self._depth -= 1
             self._in_hook = False
         if self._leave or self._kicked or self._rip_override is not None \
-                or self.vmcs._values.get(_ENTRY_INFO, 0) >> 31:
+                or self.vmcs.version != self._vmcs_version or self.vmcs._values.get(_ENTRY_INFO, 0) >> 31:
             self._entry_pending = True
             self._start_drain(io=False)
 
@@ -908,7 +924,9 @@ class SoftVcpu(EngineVcpu):
         finally:
             self._depth -= 1
             self._in_hook = False
-        if ok and not self._kicked and self._rip_override is None and not self.vmcs._values.get(_ENTRY_INFO, 0) >> 31:
+        vmcs = self.vmcs
+        if ok and not self._kicked and self._rip_override is None and vmcs.version == self._vmcs_version \
+                and not vmcs._values.get(_ENTRY_INFO, 0) >> 31:
             return e.value & full   # fast path: the instruction completes in unicorn
         if not ok:
             self._leave = True
@@ -1105,7 +1123,7 @@ class SoftVcpu(EngineVcpu):
     def _on_rdtsc(self) -> int:
         if self._draining:
             return 1
-        if self._proc & ProcBasedControls.RDTSC_EXITING:
+        if self._proc & _RDTSC_EXITING:
             e = self.exit.reset(ExitReason.RDTSC)
             e.instruction_length = 2
             self._in_hook = True
@@ -1120,7 +1138,13 @@ class SoftVcpu(EngineVcpu):
         return 1
 
     # -- exceptions and interrupts ------------------------------------------------
-    def _on_intr(self, uc: Uc, intno: int, _: Any) -> None:
+    def _raw_intr(self, _uch: Any, intno: int, _: Any) -> None:
+        try:
+            self._on_intr(self.uc, intno)
+        except BaseException as exc:
+            self._hook_failed(exc)
+
+    def _on_intr(self, uc: Uc, intno: int) -> None:
         # RIP is the faulting instruction's (an INT n: the INT's); it is not written here (see _pending_event)
         lay = self.lay
         buf = self._fresh()
@@ -1132,6 +1156,8 @@ class SoftVcpu(EngineVcpu):
             kind = _SOFT_EXCEPTION if intno in (3, 4) else _SOFT_INTERRUPT
             length = 1 if intno in (3, 4) else 2
             next_rip = _U64.unpack_from(buf, lay.error_code + 8)[0]
+            if next_rip == rip and intno in (3, 4):
+                rip = next_rip - 1   # unicorn has already moved RIP past INT3/INTO (one byte each)
             length = max(1, (next_rip - rip) & 0xF) if next_rip > rip else length
             error = None
         else:
@@ -1158,6 +1184,8 @@ class SoftVcpu(EngineVcpu):
             e.instruction_length = length
             self._exit_rip = rip
             self._deferred = e
+            if is_int:
+                self._rip_after_stop = rip   # unicorn moves past INT3/INTO after this hook
             _emu_stop(self._uch)
             return
         # delivered from the CPU loop, not here: a RIP written inside unicorn's interrupt hook leaves
@@ -1181,6 +1209,13 @@ class SoftVcpu(EngineVcpu):
         """#UD: unicorn reports invalid opcodes here, not through UC_HOOK_INTR; it stops (returns False)."""
         rip = uc.reg_read(_RIP)
         if self._draining:
+            return False
+        buf, lay = self._fresh(), self.lay
+        if _U32.unpack_from(buf, lay.is_int)[0]:
+            # INT 6 (CD 06): unicorn reports every vector-6 event here, also the software interrupt,
+            # which returns to the next instruction and is not subject to the exception bitmap
+            next_rip = _U64.unpack_from(buf, lay.error_code + 8)[0]
+            self._pending_event = (6, None, True, rip, next_rip)
             return False
         if self._is_vmcall(rip) and not uc.reg_read(X.UC_X86_REG_EFLAGS) & RFLAGS_VM:
             e = self.exit.reset(ExitReason.VMCALL)   # a VMCALL no site hook caught
@@ -1306,11 +1341,13 @@ class SoftVcpu(EngineVcpu):
         return self._leave_now()
 
     def _window_open_now(self) -> bool:
-        return bool(self._proc & ProcBasedControls.INTERRUPT_WINDOW_EXITING) and self.interrupt_window_open()
+        return bool(self._proc & _WINDOW_EXITING) and self.interrupt_window_open()
 
     def _cpu_loop(self) -> None:
         uc = self.uc
         while True:
+            if self.vmcs.version != self._vmcs_version:
+                self._load_controls()   # a handler changed the controls during an inline exit
             if self._kicked:
                 self._kicked = False
                 if self._hand_out(self.exit.reset(ExitReason.EXTERNAL_INTERRUPT)):
@@ -1322,7 +1359,7 @@ class SoftVcpu(EngineVcpu):
                 if self._hand_out(e):
                     return None
                 continue
-            window = bool(self._proc & ProcBasedControls.INTERRUPT_WINDOW_EXITING)
+            window = bool(self._proc & _WINDOW_EXITING)
             if window and self.interrupt_window_open():
                 self._set_window_probe(False)
                 if self._hand_out(self.exit.reset(ExitReason.INTERRUPT_WINDOW)):
@@ -1351,6 +1388,9 @@ class SoftVcpu(EngineVcpu):
                 error = exc
             if self._closed:
                 return None
+            if self._rip_after_stop is not None:
+                uc.reg_write(_RIP, self._rip_after_stop)
+                self._rip_after_stop = None
             rescanned = bool(self._retranslate)
             if rescanned:
                 # all blocks: unicorn's per-range removal takes physical addresses, these are linear
@@ -1369,7 +1409,7 @@ class SoftVcpu(EngineVcpu):
                     self._pending_io.snapshot = None
                 elif error is None and self._halted_while_draining():
                     uc.reg_write(_RIP, uc.reg_read(_RIP) - 1)
-                    if self._proc & ProcBasedControls.HLT_EXITING:
+                    if self._proc & _HLT_EXITING:
                         e = self.exit.reset(ExitReason.HLT)
                         e.instruction_length = 1
                         self._exit_rip = uc.reg_read(_RIP)
@@ -1441,7 +1481,7 @@ class SoftVcpu(EngineVcpu):
             # the guest wrote to (self-modifying code): only the first ends with an F4 byte
             if self._read_code(self._linear(uc.reg_read(_RIP) - 1), 1) != b"\xf4":
                 continue
-            if self._proc & ProcBasedControls.HLT_EXITING:
+            if self._proc & _HLT_EXITING:
                 uc.reg_write(_RIP, uc.reg_read(_RIP) - 1)
                 e = self.exit.reset(ExitReason.HLT)
                 e.instruction_length = 1
@@ -1658,8 +1698,8 @@ class SoftVcpu(EngineVcpu):
         _reg_write(self._uch, rid, self._wbuf_ref)
 
     def get_segment_selectors(self) -> tuple[int, int, int, int, int, int]:
-        buf, base = self._fresh(), self.lay.segs
-        return tuple(_U32.unpack_from(buf, base + 24 * i)[0] & 0xFFFF for i in range(6))  # QEMU's order is the SDM's
+        es, cs, ss, ds, fs, gs = _SELECTORS.unpack_from(self._fresh(), self.lay.segs)
+        return es & 0xFFFF, cs & 0xFFFF, ss & 0xFFFF, ds & 0xFFFF, fs & 0xFFFF, gs & 0xFFFF
 
     def get_cr0(self) -> int:
         return _U64.unpack_from(self._fresh(), self.lay.cr)[0]

@@ -149,3 +149,46 @@ def test_interrupt_window_awaited_across_a_long_cli_stretch():
     e = vcpu.run()
     assert e.reason == ExitReason.HLT and vcpu.get_regs().rbx & 0xFFFF == 1
     engine.close()
+
+
+def test_software_interrupts_return_past_the_instruction_and_int3_exits_at_it():
+    """INT 6 by software is not #UD (unicorn reports both as vector 6): it returns to the next instruction.
+    An INT3 in the exception bitmap exits with RIP at the INT3 and instruction length 1 (SDM 27.2.4)."""
+    mem, engine, vcpu = make("softint16")
+    image = mem.read(0x1000, 0x60)
+    int5 = image.index(b"\xcd\x05") + 0x1000
+    assert image[int5 - 0x1000 + 2:int5 - 0x1000 + 4] == b"\xcd\x06"
+    int3 = int5 + 4
+    returns = []
+    for _ in range(3):
+        e = vcpu.run()
+        assert (e.reason, e.port) == (ExitReason.IO_INSTRUCTION, 0x80), e.describe()
+        returns.append(e.value)
+    assert returns == [int5 + 2, int5 + 4, int3 + 1]          # INT 5, INT 6, INT3 (delivered to the guest)
+    vcpu.set_regs(Registers(rip=int3, rsp=0x8000))
+    vcpu.vmcs[VmcsField.EXCEPTION_BITMAP] = 1 << 3
+    e = vcpu.run()
+    assert e.reason == ExitReason.EXCEPTION_NMI and e.interruption_info & 0x7FF == 3 | 6 << 8
+    assert e.instruction_length == 1 and vcpu.get_regs().rip == int3   # at the INT3, not past it
+    engine.close()
+
+
+def test_controls_a_handler_changes_during_an_inline_exit_apply_to_the_next_instruction():
+    mem, engine, vcpu = make("softint16")
+    image = mem.read(0x1000, 0x60)
+    out81 = image.index(b"\xe6\x81") + 0x1000
+    vcpu.set_regs(Registers(rip=out81, rsp=0x8000))
+    seen = []
+
+    def dispatch(e):
+        seen.append(e.reason)
+        if e.reason == ExitReason.IO_INSTRUCTION and e.port == 0x81:
+            set_proc(vcpu, ProcBasedControls.RDTSC_EXITING)   # the RDTSC right behind must exit
+            return True
+        return False
+
+    vcpu.set_inline_dispatcher(dispatch)
+    vcpu.run()
+    assert seen == [ExitReason.IO_INSTRUCTION, ExitReason.RDTSC]
+    assert vcpu.get_regs().rip == out81 + 2
+    engine.close()
