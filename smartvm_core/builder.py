@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import pluggy
@@ -114,27 +115,91 @@ def load_experiment(pm: pluggy.PluginManager, path: Path | None = None,
     return exp
 
 
-def registered_engines(pm: pluggy.PluginManager) -> dict[str, type[Engine]]:
-    engines: dict[str, type[Engine]] = {}
+class EngineTable(Mapping[str, "type[Engine]"]):
+    """Registered engines by name; an engine registered by reference is imported when first looked up.
+
+    ``register_engines`` may hand over a class or a reference ``"package.module:Class"``
+    with its ``name``, so that naming an engine costs nothing until it is
+    chosen, probed or listed: ``"kvm" in table`` and ``list(table)`` import
+    nothing, ``table["soft"]`` imports the soft engine (and unicorn).
+    """
+
+    def __init__(self) -> None:
+        #: name -> (registering plugin, the class or its "module:Class" reference)
+        self._entries: dict[str, tuple[str, "type[Engine] | str"]] = {}
+
+    def add(self, plugin: str, engine: "type[Engine] | str", name: str | None = None) -> None:
+        if isinstance(engine, str):
+            module, sep, qualname = engine.partition(":")
+            if not sep or not module or not qualname or not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {plugin}: register_engines wants an Engine subclass or "
+                                  f"register('package.module:Class', name='engine'), got {engine!r} name={name!r}")
+        else:
+            if not (isinstance(engine, type) and issubclass(engine, Engine)):
+                raise PluginError(f"plugin {plugin}: register_engines wants an Engine subclass, got {engine!r}")
+            if name is not None and name != engine.name:
+                raise PluginError(f"plugin {plugin}: engine class {engine.__qualname__} is named "
+                                  f"{engine.name!r}, not {name!r}")
+            name = engine.name
+        if name in self._entries:
+            raise PluginError(f"plugin {plugin}: engine {name!r} is already registered "
+                              f"(by {self._entries[name][0]})")
+        self._entries[name] = (plugin, engine)
+
+    def __getitem__(self, name: str) -> "type[Engine]":
+        plugin, engine = self._entries[name]
+        if isinstance(engine, str):
+            engine = self._resolve(plugin, name, engine)
+            self._entries[name] = (plugin, engine)
+        return engine
+
+    @staticmethod
+    def _resolve(plugin: str, name: str, ref: str) -> "type[Engine]":
+        import importlib
+        module, _, qualname = ref.partition(":")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as e:
+            raise PluginError(f"plugin {plugin}: engine {name!r}: cannot load {ref}: {type(e).__name__}: {e}") from e
+        if not (isinstance(obj, type) and issubclass(obj, Engine)):
+            raise PluginError(f"plugin {plugin}: engine {name!r}: {ref} is not an Engine subclass")
+        if obj.name != name:
+            raise PluginError(f"plugin {plugin}: engine {name!r}: {ref} is named {obj.name!r}")
+        return obj
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+def registered_engines(pm: pluggy.PluginManager) -> EngineTable:
+    """Every engine the plugins register (see :class:`EngineTable`: references load on first use)."""
+    engines = EngineTable()
 
     def make_register(plugin: str) -> Callable[..., None]:
-        def register(engine_cls: type[Engine]) -> None:
-            if not (isinstance(engine_cls, type) and issubclass(engine_cls, Engine)):
-                raise PluginError(f"plugin {plugin}: register_engines wants an Engine subclass, got {engine_cls!r}")
-            if engine_cls.name in engines:
-                raise PluginError(f"plugin {plugin}: engine {engine_cls.name!r} is already registered")
-            engines[engine_cls.name] = engine_cls
+        def register(engine: "type[Engine] | str", *, name: str | None = None) -> None:
+            engines.add(plugin, engine, name)
         return register
 
     call_registration(pm.hook.register_engines, make_register)
     return engines
 
 
-def probe_engines(engines: dict[str, type[Engine]]) -> dict[str, Availability]:
+def probe_engines(engines: Mapping[str, type[Engine]]) -> dict[str, Availability]:
+    """Each engine's :class:`Availability` (this loads engines registered by reference)."""
     out = {}
-    for name, cls in engines.items():
+    for name in engines:
         try:
-            out[name] = cls.probe()
+            out[name] = engines[name].probe()
+        except PluginError as e:  # an engine that cannot even be loaded
+            out[name] = Availability(False, str(e))
         except Exception as e:  # a probe must not raise; report it as unusable
             out[name] = Availability(False, f"probe failed: {type(e).__name__}: {e}")
     return out

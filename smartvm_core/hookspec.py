@@ -104,8 +104,15 @@ def register_engines(register: Callable[..., None]) -> None:
     ``info``).
 
     :param register: call ``register(engine_class)`` with a subclass of
-        :class:`smartvm_core.engines.base.Engine`. A second engine with an
-        existing name is refused with a :class:`~smartvm_core.errors.PluginError`.
+        :class:`smartvm_core.engines.base.Engine`, or
+        ``register("package.module:Class", name="engine")`` to name it by
+        reference: the module is imported only when that engine is chosen,
+        probed or listed (an engine whose backend is costly to import, such
+        as unicorn, then costs nothing to machines that run another engine).
+        A second engine with an existing name is refused with a
+        :class:`~smartvm_core.errors.PluginError`; so is a reference that
+        does not load, is not an ``Engine`` subclass, or whose ``name``
+        differs from the one registered, when it is first used.
 
     Use in experiment plugins: yes.
     """
@@ -347,6 +354,28 @@ def vm_reset(machine: "Machine") -> None:
     a reset does on hardware.
 
     :param machine: the machine, between two exits (not running any vCPU).
+
+    Use in experiment plugins: yes.
+    """
+
+
+@hookspec
+def vm_closing(machine: "Machine") -> None:
+    """The machine is being closed: release what your plugin holds for it.
+
+    Called once per machine, from :meth:`Machine.close <smartvm_core.machine.Machine.close>`
+    (``smartvm run`` closes the machine after the run report; a ``with``
+    block or a failed build closes it too), while every vCPU is out of the
+    guest. Afterwards the core calls ``close()`` on each device that has one
+    (last created first), then releases the engine and guest memory: devices
+    and memory are still usable during this call. Files, sockets, ptys and
+    threads a plugin opened for the machine are released here, not at exit.
+
+    :param machine: the machine, state ``loaded``, ``stopped`` or ``created``
+        (a build that failed part-way: not every device may exist).
+
+    .. note:: An exception raised here does not keep the rest of the machine
+        open: the core closes devices, engine and memory, then re-raises it.
 
     Use in experiment plugins: yes.
     """

@@ -10,7 +10,9 @@ experiment and a plugin manager become a machine). Its lifecycle::
                                        paused
 
 ``reset`` puts vCPUs and devices back in the state they had when the
-machine was loaded; ``close`` releases the engine and guest memory.
+machine was loaded; ``close`` releases what plugins hold (``vm_closing``),
+the devices (their ``close()``: backends' files, sockets and ptys), the
+engine and guest memory.
 """
 
 from __future__ import annotations
@@ -224,11 +226,38 @@ class Machine:
         self.hook.vm_reset(machine=self)
 
     def close(self) -> None:
+        """Release everything the machine holds; a second call does nothing.
+
+        In this order: the ``vm_closing`` hook (plugins release their own
+        resources), ``close()`` of every device that has one, last created
+        first (backends: files, sockets, ptys, reader threads), the engine,
+        guest memory. Every step runs even if an earlier one raised; the first
+        exception is raised at the end.
+        """
+        if self.state == "closed":
+            return
+        errors: list[BaseException] = []
+        try:
+            self.hook.vm_closing(machine=self)
+        except Exception as e:
+            errors.append(e)
+        for device in reversed(list(self.devices.values())):
+            close = getattr(device, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception as e:
+                    errors.append(e)
         if self.engine is not None:
-            self.engine.close()
+            try:
+                self.engine.close()
+            except Exception as e:
+                errors.append(e)
             self.engine = None
         self.memory.close()
         self.state = "closed"
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> "Machine":
         return self

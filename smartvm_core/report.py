@@ -3,13 +3,14 @@
 The unhandled-exit report says everything needed to understand a stop:
 the exit reason, the decoded qualification, the vCPU registers and the
 instructions at RIP, disassembled with capstone. The run report lists exits
-per reason with the time the VMM spent on them, and what stopped the VM;
-plugins add sections through the ``run_report`` hook.
+per reason with the time the VMM spent on them, what stopped the VM, and the
+event counts each device kept (see :func:`device_counters`); plugins add
+sections through the ``run_report`` hook.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -116,6 +117,8 @@ class RunReport:
     stop: dict[str, Any] = attrs.Factory(dict)
     exits: dict[str, dict[str, float]] = attrs.Factory(dict)
     counters: dict[str, Any] = attrs.Factory(dict)
+    #: device (or device part) name -> its counters (``reads``, ``writes``, ``dropped`` ...)
+    devices: dict[str, dict[str, int]] = attrs.Factory(dict)
     sections: list[tuple[str, list[str]]] = attrs.Factory(list)
 
     def add_section(self, title: str, lines: list[str]) -> None:
@@ -124,8 +127,16 @@ class RunReport:
     def add_counter(self, name: str, value: Any) -> None:
         self.counters[name] = value
 
+    def add_device_counters(self, name: str, counts: dict[str, int]) -> None:
+        """Record one device's counters (a second call for the same name adds to them)."""
+        row = self.devices.setdefault(name, {})
+        for key, value in counts.items():
+            row[key] = row.get(key, 0) + int(value)
+
     def to_json(self) -> str:
+        import json
         return json.dumps({"stop": self.stop, "exits": self.exits, "counters": self.counters,
+                           "devices": self.devices,
                            "sections": {t: lines for t, lines in self.sections}}, indent=2, default=str)
 
     def to_text(self) -> str:
@@ -144,6 +155,12 @@ class RunReport:
             for reason, e in sorted(self.exits.items(), key=lambda kv: -kv[1]["count"]):
                 n = int(e["count"])
                 out.append(f"{reason:<32} {n:>10} {e['ms']:>10.3f}ms {e['us_per_exit']:>8.2f}us")
+        if self.devices:
+            out.append("-- devices --")
+            width = max(len(name) for name in self.devices)
+            for name, counts in self.devices.items():
+                shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
+                out.append(f"{name:<{width}}  {shown or 'no accesses'}")
         for title, lines in self.sections:
             out.append(f"-- {title} --")
             out += lines
@@ -161,6 +178,39 @@ def build_run_report(machine: "Machine") -> RunReport:
                        "vcpu": reason.vcpu, "report": reason.report}
     machine.hook.run_report(machine=machine, report=report)
     return report
+
+
+def device_counters(device: Any) -> dict[str, int] | None:
+    """A device's ``counters`` as plain ints, or ``None`` if it keeps none.
+
+    ``counters`` is a mapping of name to count, or an object with
+    ``as_dict()`` returning one (the ``smartvm-devices`` models' ``Counters``).
+    """
+    counters = getattr(device, "counters", None)
+    if counters is None:
+        return None
+    if hasattr(counters, "as_dict"):
+        counters = counters.as_dict()
+    if not isinstance(counters, Mapping):
+        return None
+    return {str(k): int(v) for k, v in counters.items() if isinstance(v, int)}
+
+
+def add_devices(machine: "Machine", report: RunReport) -> None:
+    """One row per device of ``machine.devices`` that keeps ``counters``, then one per part.
+
+    A device made of parts mapped on their own (port 0x61 of the PIT, the PM
+    function of the PCI host) lists them in ``parts``: name -> object with
+    ``counters``.
+    """
+    for name, device in machine.devices.items():
+        counts = device_counters(device)
+        if counts is not None:
+            report.add_device_counters(name, counts)
+        for part_name, part in dict(getattr(device, "parts", None) or {}).items():
+            counts = device_counters(part)
+            if counts is not None:
+                report.add_device_counters(str(part_name), counts)
 
 
 @hookimpl(tryfirst=True)
@@ -186,3 +236,4 @@ def run_report(machine: "Machine", report: RunReport) -> None:
         if bus.unclaimed_reads or bus.unclaimed_writes:
             report.add_counter(f"unclaimed {bus.name} accesses",
                                f"{bus.unclaimed_reads} reads, {bus.unclaimed_writes} writes")
+    add_devices(machine, report)

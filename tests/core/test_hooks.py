@@ -263,6 +263,78 @@ def test_hook_vm_stopped():
     test_hook_vm_started()
 
 
+def test_hook_vm_closing():
+    seen = []
+
+    class Held:
+        """A device holding something until the machine closes it."""
+
+        name = "held"
+
+        def __init__(self):
+            self.open = True
+
+        def read(self, o, s):
+            return 0
+
+        def write(self, o, s, v):
+            pass
+
+        def state(self):
+            return None
+
+        def restore(self, state):
+            pass
+
+        def close(self):
+            seen.append(("device closed", self.open))
+            self.open = False
+
+    class P:
+        @hookimpl
+        def setup_machine(self, machine):
+            machine.devices["held"] = Held()
+
+        @hookimpl
+        def vm_closing(self, machine):
+            # called first: devices and the engine are still there
+            seen.append(("hook", machine.devices["held"].open, machine.engine is not None))
+
+    m = make_machine(cfg([out(0xF4, 0)]), plugins=[("scripted", ScriptedPlugin()), ("exit", ExitPort()),
+                                                  ("p", P())], entry_points=False, disable=NO_ENGINES)
+    m.run()
+    m.close()
+    assert seen == [("hook", True, True), ("device closed", True)]
+    assert m.state == "closed" and m.engine is None
+    m.close()  # a second close does nothing
+    assert len(seen) == 2
+
+
+def test_vm_closing_error_still_closes_devices_and_engine():
+    closed = []
+
+    class Dev:
+        name = "d"
+
+        def close(self):
+            closed.append("d")
+
+    class Bad:
+        @hookimpl
+        def setup_machine(self, machine):
+            machine.devices["d"] = Dev()
+
+        @hookimpl
+        def vm_closing(self, machine):
+            raise RuntimeError("plugin bug")
+
+    m = make_machine(cfg([out(0xF4, 0)]), plugins=[("scripted", ScriptedPlugin()), ("bad", Bad())],
+                     entry_points=False, disable=NO_ENGINES)
+    with pytest.raises(RuntimeError, match="plugin bug"):
+        m.close()
+    assert closed == ["d"] and m.engine is None and m.state == "closed"
+
+
 def test_hook_vm_reset():
     seen = []
 

@@ -84,7 +84,7 @@ def make_uart(ctx: DeviceContext, p: dict[str, Any]) -> Uart16550:
     ctx.map_pio(p["port"], 8, uart)
     backend = make_backend(p["backend"], ctx.console)
     uart._out = backend.write
-    uart.backend = backend  # type: ignore[attr-defined]
+    uart.backend = backend
     backend.attach(uart.enqueue)
     return uart
 
@@ -116,7 +116,9 @@ def make_pit(ctx: DeviceContext, p: dict[str, Any]) -> I8254 | None:
     pit = I8254(ctx.clock, ctx.irq_line(p["irq"]), name=ctx.name)
     ctx.map_pio(p["port"], 4, pit)
     if p["port61"]:
-        ctx.map_pio(0x61, 1, SpeakerPort(pit), f"{ctx.name}-port61")
+        port61 = SpeakerPort(pit, name=f"{ctx.name}-port61")
+        ctx.map_pio(0x61, 1, port61, port61.name)
+        pit.parts[port61.name] = port61
     publish(ctx, "pit", pit)
     return pit
 
@@ -192,7 +194,7 @@ def make_debugcon(ctx: DeviceContext, p: dict[str, Any]) -> DebugCon:
     ctx.map_pio(p["port"], 1, dev)
     backend = make_backend(p["backend"], ctx.console)
     dev.out = backend.write
-    dev.backend = backend  # type: ignore[attr-defined]
+    dev.backend = backend
     return dev
 
 
@@ -210,6 +212,7 @@ def make_pci(ctx: DeviceContext, p: dict[str, Any]) -> PciHost:
                     name=f"{ctx.name}-acpi-pm")
         pm_function = Piix4Pm(pm)
         host.add_function(pm_function, 1, 3)
+        host.parts[pm.name] = pm
         publish(ctx, "acpi_pm", pm)
         # firmware programs PMBASE: the tables read it when the guest fetches them
         publish(ctx, "acpi_pm_block", acpi.PmBlock(

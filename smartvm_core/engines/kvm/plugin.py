@@ -1,4 +1,8 @@
-"""Registers the ``kvm`` engine."""
+"""Registers the ``kvm`` engine.
+
+By reference: the ctypes bindings are imported only when the ``kvm`` engine
+is chosen, probed or listed.
+"""
 
 from __future__ import annotations
 
@@ -9,5 +13,4 @@ from ...hookspec import hookimpl
 
 @hookimpl
 def register_engines(register: Callable[..., None]) -> None:
-    from .engine import KvmEngine
-    register(KvmEngine)
+    register("smartvm_core.engines.kvm.engine:KvmEngine", name="kvm")

@@ -21,14 +21,15 @@ UART's ``enqueue``), which is thread-safe.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 import sys
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from smartvm_core.errors import SmartVMError
+
+if TYPE_CHECKING:
+    import socket
 
 Feed = Callable[[bytes], Any]
 
@@ -168,6 +169,8 @@ class SocketBackend(_ReaderBackend):
     """A listening stream socket (TCP on loopback, or Unix); one client at a time."""
 
     def __init__(self, spec: str) -> None:
+        import ipaddress  # here, not at the top: only socket backends need them (start-up time)
+        import socket
         super().__init__()
         self.spec = spec
         self._client: socket.socket | None = None
@@ -220,14 +223,19 @@ class SocketBackend(_ReaderBackend):
         while not self._closed:
             try:
                 conn, _ = self._listener.accept()
-            except OSError:
+            except OSError:  # shut down by close()
                 return
             with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
                 self._client = conn
-            self._pump(lambda: conn.recv(4096))
-            with self._lock:
-                self._client = None
-            conn.close()
+            try:
+                self._pump(lambda: conn.recv(4096))
+            finally:
+                with self._lock:
+                    self._client = None
+                conn.close()
 
     def write(self, data: bytes) -> None:
         with self._lock:
@@ -241,17 +249,28 @@ class SocketBackend(_ReaderBackend):
             self.dropped += len(data)
 
     def close(self) -> None:
-        self._closed = True
-        try:
-            self._listener.close()
-        except OSError:
-            pass
+        """Stop listening, drop the client and wait for the reader thread; every descriptor is closed on return.
+
+        A descriptor is never closed while the thread may still use it (its number
+        could be reused by then): ``shutdown`` wakes the blocked ``accept`` or
+        ``recv``, the thread closes the client it owns, then the listener closes.
+        """
+        import socket  # already loaded by __init__
         with self._lock:
-            if self._client is not None:
+            if self._closed:
+                return
+            self._closed = True
+            client = self._client
+        for sock in (self._listener, client):
+            if sock is not None:
                 try:
-                    self._client.shutdown(socket.SHUT_RDWR)
+                    sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
-                    pass
+                    pass  # not connected (a listener on some systems, a client already gone)
+        self._thread.join(timeout=5.0)
+        if self._thread.is_alive() and client is not None:  # the thread is stuck: close it out from under it
+            client.close()
+        self._listener.close()
         if self.kind == "unix":
             try:
                 os.unlink(self.address)
@@ -280,18 +299,33 @@ class PtyBackend(_ReaderBackend):
         self._thread.start()
 
     def write(self, data: bytes) -> None:
+        if self._closed:  # the descriptor's number may belong to another file by now
+            self.dropped += len(data)
+            return
         try:
             os.write(self._master, data)
         except OSError:
             self.dropped += len(data)
 
     def close(self) -> None:
+        """Close both ends and wait for the reader thread; every descriptor is closed on return.
+
+        Closing the slave ends the reader's ``read`` on the master (EIO) unless
+        a terminal program still holds the slave; the master is closed after
+        the thread has left its loop, so its number is never read after reuse.
+        """
+        if self._closed:
+            return
         self._closed = True
-        for fd in (self._slave, self._master):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(self._slave)
+        except OSError:
+            pass
+        self._thread.join(timeout=1.0)
+        try:
+            os.close(self._master)
+        except OSError:
+            pass
 
     def describe(self) -> str:
         return f"pty:{self.path}"

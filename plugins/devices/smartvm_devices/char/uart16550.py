@@ -149,6 +149,8 @@ class Uart16550:
         self._out = out
         self._clock = clock
         self.counters = UartCounters()
+        #: the :class:`~smartvm_devices.char.backends.Backend` bytes go to and come from, if any
+        self.backend: Any = None
         self._modem_lines = modem_lines & 0xF0
         self._input: collections.deque[int] = collections.deque()
         self._input_timer: Any = None
@@ -171,6 +173,15 @@ class Uart16550:
         self.timeout_pending = False
 
     # -- host side ----------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend (its file, socket or pty, and its reader thread).
+
+        The machine calls this when it closes; bytes the guest sends afterwards
+        are counted by the backend as dropped.
+        """
+        if self.backend is not None:
+            self.backend.close()  # a closed backend counts what is still sent to it as dropped
+
     def enqueue(self, data: bytes) -> int:
         """Queue host input (terminal, socket, test); returns how many bytes were accepted.
 

@@ -109,9 +109,16 @@ class DebugCon:
         self.out = out
         self.readback = readback & 0xFF
         self.counters = Counters()
+        #: the backend ``out`` writes to, if any (closed with the device)
+        self.backend: Any = None
         self.bytes_out = 0
         self.stamp = stamp
         self._line_start = True
+
+    def close(self) -> None:
+        """Release the backend; the machine calls this when it closes."""
+        if self.backend is not None:
+            self.backend.close()  # a closed backend counts what is still sent to it as dropped
 
     def read(self, offset: int, size: int) -> int:
         self.counters.reads += 1

@@ -374,6 +374,8 @@ class PciHost:
         self._unmap = unmap
         self.request_reset = request_reset
         self.counters = PciCounters()
+        #: parts with their own counters, for the run report (the PIIX4 PM registers)
+        self.parts: dict[str, Any] = {}
         self.functions: dict[int, PciFunction] = {}  # bdf -> function
         self.config_address = 0
         self.rcr = 0

@@ -21,7 +21,6 @@ standard checksum over 0x10-0x2D (0x2E/0x2F).
 
 from __future__ import annotations
 
-import calendar
 import time
 from typing import Any
 
@@ -211,6 +210,7 @@ class Mc146818:
             hour = self._decode_hour(c[HOURS]) % 24
             minute = self._decode(c[MINUTES]) % 60
             second = self._decode(c[SECONDS]) % 60
+            import calendar  # only when the guest sets the clock: it costs start-up time (locale)
             secs = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
         except (ValueError, OverflowError):
             secs = self.seconds()

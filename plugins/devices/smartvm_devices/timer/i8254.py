@@ -342,6 +342,8 @@ class I8254:
         self.clock = clock
         self.irq0 = irq0
         self.counters = PitCounters()
+        #: parts with their own counters, for the run report (the port 0x61 device)
+        self.parts: dict[str, Any] = {}
         self.channels = [PitChannel(self, i) for i in range(3)]
         self._timer: Any = None
         self._out0 = False
