@@ -147,8 +147,12 @@ class Emulator:
 
     # -- decoding -------------------------------------------------------------------
     def fetch(self, state: ProgramState) -> bytes:
-        base = state.cs << 4
-        ip = state.eip & 0xFFFF
+        return self.fetch_at(state.cs, state.eip)
+
+    def fetch_at(self, cs: int, ip: int) -> bytes:
+        """The 15 bytes at CS:IP (IP wraps at 64 KiB)."""
+        base = cs << 4
+        ip &= 0xFFFF
         if ip <= 0x10000 - 15:
             return self.memory.read_bytes(base + ip, 15)
         return bytes(self.memory.read(base + ((ip + i) & 0xFFFF), 1) for i in range(15))

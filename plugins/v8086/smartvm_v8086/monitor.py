@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from smartvm_core.cpu import CR0_ET, CR0_PE, CR4_VME, DescriptorTable, Registers, Segment, SpecialRegisters
 
 from . import layout
-from .emulator import Emulator, Outcome, ivt_entry, program_flags, reflect
+from .emulator import POPF16_MASK, POPF32_MASK, Emulator, Outcome, ivt_entry, program_flags, reflect
 from .services import ServiceCall, ServiceTable
 from .services.bios import Bios
 from .services.dos import Dos
@@ -55,6 +55,10 @@ _INT_IP_UNKNOWN = -1
 _GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi")
 #: how deep services may chain interrupts into each other
 MAX_CHAIN = 4
+#: CPU exceptions of real-address and virtual-8086 mode that are faults (the saved CS:IP is the faulting
+#: instruction's), with their SDM names; a program that does not handle one is stopped (see _no_service)
+FAULTS = {0: "#DE (divide error)", 5: "#BR (BOUND range exceeded)", 6: "#UD (invalid opcode)",
+          7: "#NM (device not available)", 12: "#SS (stack fault)", 13: "#GP (general protection)"}
 
 
 def v86_segment(selector: int) -> Segment:
@@ -98,6 +102,13 @@ class Monitor:
         #: the last program state the monitor saw (reports)
         self.last_state: ProgramState | None = None
         self._deliver_while_waiting = False
+        #: CLI/STI/PUSHF/POPF take the register-only path (no VME, IOPL < 3; set by setup())
+        self._fast = False
+        self._iopl_bits = iopl << 12
+        #: the IOPL field PUSHF shows the program (program_flags(): 3 with VME)
+        self._pushf_iopl = FLAG_IOPL if vme else iopl << 12
+        #: the engine reads and writes single registers cheaply (it overrides EngineVcpu.get_reg)
+        self._one_reg = False
 
     # -- port I/O of the program (emulated IN/OUT) -------------------------------------------
     def io_in(self, port: int, size: int) -> int:
@@ -153,12 +164,18 @@ class Monitor:
         self.last_state = state
 
     # -- set-up -------------------------------------------------------------------------------------
+    def attach(self, vcpu: "EngineVcpu") -> None:
+        """Note how ``vcpu`` (the boot vCPU, which runs the program) is best accessed on the hot paths."""
+        from smartvm_core.engines.base import EngineVcpu
+        self._one_reg = type(vcpu).get_reg is not EngineVcpu.get_reg
+
     def setup(self, route: str, regs: Registers, sregs: SpecialRegisters) -> tuple[Registers, SpecialRegisters]:
         """Write the monitor's structures and turn a real-mode entry state into ``route``'s."""
         if route not in ROUTES:
             raise ValueError(f"unknown v8086 route {route!r} (known: {', '.join(ROUTES)})")
         self.route = route
         self.active = True
+        self._fast = not self.vme and self.iopl < 3
         mem = self.memory
         # the program's IVT: every vector at its real-mode stub, as a BIOS leaves it
         for vector in range(256):
@@ -191,33 +208,150 @@ class Monitor:
 
     # -- exits ----------------------------------------------------------------------------------------
     def handle_exception_nmi(self, vcpu: "EngineVcpu", exit: "VmExit") -> bool:
-        """Route ``exception-bitmap``: a #GP of the program is the VM exit."""
-        if not self.active or vcpu.index != 0:
+        """Route ``exception-bitmap``: a #GP of the program is the VM exit.
+
+        CLI, STI, PUSHF(D) and POPF(D) without other prefixes take
+        :meth:`_fast_gp` (a handful of registers, no capstone); everything
+        else is decoded and emulated on a :class:`ProgramState`.
+        """
+        if exit.interruption_info & 0x7FF != 0x30D or vcpu.index != 0:  # vector 13, hardware exception
             return False
-        info = exit.interruption_info
-        if info & 0xFF != 13 or (info >> 8) & 7 != 3:
-            return False
+        if not self.active:
+            return self._gp_after_hand_over(vcpu, exit)
+        try:
+            if self._fast:
+                done = self._fast_gp(vcpu)
+                if done is not None:
+                    return done
+            return self._slow_gp(vcpu)
+        except MonitorStop as e:
+            return self._stop(vcpu, e)
+
+    def _slow_gp(self, vcpu: "EngineVcpu") -> bool:
         regs = vcpu.get_regs()
         if not regs.rflags & FLAG_VM:
             return False
-        sregs = vcpu.get_sregs()
-        segs = (sregs.es.selector, sregs.cs.selector, sregs.ss.selector, sregs.ds.selector,
-                sregs.fs.selector, sregs.gs.selector)
         state = self._state([regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi],
-                            regs.rip, regs.rflags, segs)
+                            regs.rip, regs.rflags, vcpu.get_segment_selectors())
         action = self._run(state, self.on_gp)
-        self._commit_vcpu(vcpu, regs, sregs, state, action)
+        self._commit_vcpu(vcpu, regs, state, action)
+        return True
+
+    def _fast_gp(self, vcpu: "EngineVcpu") -> bool | None:
+        """CLI, STI, PUSHF(D), POPF(D) trapped in virtual-8086 mode, emulated on the registers they touch.
+
+        Only for a monitor without VME and with IOPL < 3, the virtual IF in
+        :attr:`vif`; the same semantics as :class:`~.emulator.Emulator` (the
+        tests compare both). Returns None when the general path must decide
+        (another instruction, a prefix, an interrupt waiting for IF, an
+        instruction at the end of its segment ...).
+        """
+        if self.pending:
+            return None
+        one = self._one_reg
+        get = vcpu.get_reg if one else None
+        if one:
+            rflags = get("rflags")
+            rip = get("rip")
+        else:
+            regs = vcpu.get_regs()
+            rflags, rip = regs.rflags, regs.rip
+        if not rflags & FLAG_VM or rip > 0xFFF0:
+            return None
+        _, cs, ss, _, _, _ = vcpu.get_segment_selectors()
+        mem = self.memory
+        code = mem.read((cs << 4) + rip, 2)
+        op = code & 0xFF
+        length = 1
+        size = 2
+        if op == 0x66:
+            op = code >> 8
+            length = 2
+            size = 4
+            if op != 0x9C and op != 0x9D:
+                return None
+        counts = self.emulator.counts
+        if op == 0xFA:                                        # CLI
+            self.vif = False
+            counts["cli"] += 1
+        elif op == 0xFB:                                      # STI (nothing pending: no delivery to consider)
+            self.vif = True
+            counts["sti"] += 1
+        elif op == 0x9C or op == 0x9D:
+            rsp = get("rsp") if one else regs.rsp
+            sp = rsp & 0xFFFF
+            if op == 0x9C:                                    # PUSHF(D): the program's flags image
+                image = (rflags & ~(FLAG_IF | FLAG_IOPL | FLAG_VIF | FLAG_VIP | FLAG_VM | FLAG_RF)) \
+                    | FLAG_FIXED | self._iopl_bits | (FLAG_IF if self.vif else 0)
+                sp = (sp - size) & 0xFFFF
+                mem.write_far(ss, sp, size, image if size == 4 else image & 0xFFFF)
+                counts["pushfd" if size == 4 else "pushf"] += 1
+            else:                                             # POPF(D): IOPL, VM, RF, VIF, VIP kept
+                value = mem.read_far(ss, sp, size)
+                sp = (sp + size) & 0xFFFF
+                mask = POPF32_MASK if size == 4 else POPF16_MASK
+                prog = (rflags & ~(FLAG_IF | FLAG_VIF | FLAG_VIP | FLAG_VM | FLAG_RF)) | (FLAG_IF if self.vif else 0)
+                prog = (((prog & ~mask) | (value & mask)) | FLAG_FIXED) & ~0x8028
+                self.vif = bool(prog & FLAG_IF)
+                rflags = prog
+                counts["popfd" if size == 4 else "popf"] += 1
+            rsp = (rsp & ~0xFFFF) | sp
+            if one:
+                vcpu.set_reg("rsp", rsp)
+            else:
+                regs.rsp = rsp
+        else:
+            return None
+        # the flags the CPU runs the program with (real_eflags() without VME): real IF set, IOPL the monitor's
+        new_flags = (rflags & ~(FLAG_IOPL | FLAG_VIF | FLAG_VIP | FLAG_RF)) | FLAG_VM | FLAG_FIXED | FLAG_IF \
+            | self._iopl_bits
+        if one:
+            vcpu.set_reg("rip", rip + length)
+            if new_flags != rflags:
+                vcpu.set_reg("rflags", new_flags)
+        else:
+            regs.rip = rip + length
+            regs.rflags = new_flags
+            vcpu.set_regs(regs)
+        return True
+
+    def _gp_after_hand_over(self, vcpu: "EngineVcpu", exit: "VmExit") -> bool:
+        """A #GP after the program went to protected mode: deliver it to the program, as the CPU would have.
+
+        The hand-over clears #GP from the exception bitmap; an engine that
+        reloads its controls only at its next entry may still report one
+        that was raised in between.
+        """
+        if not self.handed_over or not self.gp_bitmap_set:
+            return False
+        from smartvm_core.vmx import EntryInterruptionInfo, EventInjection
+        vcpu.inject_event(EventInjection(EntryInterruptionInfo.hardware_exception(13),
+                                         error_code=exit.interruption_error_code & 0xFFFF))
+        return True
+
+    def _stop(self, vcpu: "EngineVcpu", e: MonitorStop) -> bool:
+        """Stop the machine with the monitor's report (the exit counts as handled)."""
+        if self.machine is None:
+            raise e
+        self.machine.stop("error", str(e), report=self.report_lines(), vcpu=vcpu.index)
         return True
 
     def handle_io_instruction(self, vcpu: "EngineVcpu", exit: "VmExit") -> bool:
-        """The doorbells: the protected-mode stubs' and the real-mode stubs'."""
+        """The doorbells: the protected-mode stubs' and the real-mode stubs' (either port)."""
         port = exit.port
-        if not self.active or exit.is_in or vcpu.index != 0 or (port != self.pm_port and port != self.rm_port):
+        if port == self.rm_port:
+            return self.handle_rm_doorbell(vcpu, exit)
+        return self.handle_pm_doorbell(vcpu, exit)
+
+    def handle_pm_doorbell(self, vcpu: "EngineVcpu", exit: "VmExit") -> bool:
+        """The protected-mode stubs' OUT (``IO_INSTRUCTION`` on ``pm_port``): an event of the program."""
+        if not self.active or exit.is_in or vcpu.index != 0 or exit.port != self.pm_port:
             return False
         vcpu.skip_instruction()
-        if port == self.pm_port:
+        try:
             return self._pm_doorbell(vcpu)
-        return self._rm_doorbell_exit(vcpu)
+        except MonitorStop as e:
+            return self._stop(vcpu, e)
 
     def _pm_doorbell(self, vcpu: "EngineVcpu") -> bool:
         regs = vcpu.get_regs()
@@ -266,65 +400,80 @@ class Monitor:
         self._after(vcpu, state, action)
         return True
 
-    def _rm_doorbell_exit(self, vcpu: "EngineVcpu") -> bool:
-        """A real-mode stub's OUT: serve its vector (the monitor's hot path on the ``real-mode`` route).
+    def handle_rm_doorbell(self, vcpu: "EngineVcpu", exit: "VmExit") -> bool:
+        """A real-mode stub's OUT (``IO_INSTRUCTION`` on ``rm_port``): serve its vector.
 
-        Only what the doorbell needs is read (registers, CR0, selectors), and
-        only what the service changed is written back.
+        The monitor's hot path on the ``real-mode`` route, registered for that port alone.
+
+        Only what the doorbell needs is read (registers, selectors, CR0),
+        and only what the service changed is written back: the INT frame
+        only if it differs, registers only if they changed, segment
+        registers only if a service loaded one.
         """
-        regs = vcpu.get_regs()
-        if vcpu.get_cr0() & CR0_PE:
-            if regs.rflags & FLAG_VM:
-                return self._v86_doorbell_exit(vcpu, regs, vcpu.get_sregs())
-            return False  # a doorbell from protected-mode code: not the monitor's any more
-        es, cs, ss, ds, fs, gs = vcpu.get_segment_selectors()
-        ip = regs.rip & 0xFFFF
-        # engines differ in whether RIP is already past the OUT (KVM) or still on it (soft, in its hook)
-        rel = (cs << 4) + ip - _RM_STUBS
-        if not 0 <= rel < _RM_STUBS_END or rel & 1:
+        if not self.active or exit.is_in or vcpu.index != 0 or exit.port != self.rm_port:
             return False
-        vector = rel >> 2
-        gpr = [regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF, regs.rdx & 0xFFFFFFFF, regs.rbx & 0xFFFFFFFF,
-               regs.rsp & 0xFFFFFFFF, regs.rbp & 0xFFFFFFFF, regs.rsi & 0xFFFFFFFF, regs.rdi & 0xFFFFFFFF]
-        before = list(gpr)
-        rflags = regs.rflags
-        # what rm_doorbell() does, on the state the INT saw (its frame is on the stack)
-        sp = gpr[ESP] & 0xFFFF
-        frame = self._read_frame(ss, sp)
-        gpr[ESP] = (gpr[ESP] & ~0xFFFF) | ((sp + 6) & 0xFFFF)
-        state = ProgramState.of(gpr, frame & 0xFFFF, (rflags & _RM_KEEP & ~0xFFFF) | (frame >> 32 & ~0x8028), es,
-                                frame >> 16 & 0xFFFF, ss, ds, fs, gs, self.vme, self.iopl)
-        state.cr0, state.gdtr, state.idtr = self._cr0, self._gdtr, self._idtr
-        action = self.serve(state, vector, _INT_IP_UNKNOWN) or "resume"
-        self._write_frame(state, ss, sp, frame)
-        # the stub's IRET resumes at the CS:IP in the frame: RIP stays on the IRET
-        state.cs = cs
-        state.eip = ip
-        state.eflags &= ~FLAG_IF
-        new_flags = (rflags & ~0xFFFF) | (state.eflags & 0xFFFF) | (rflags & FLAG_IF)
-        if gpr != before or new_flags != rflags:
-            regs.rax = (regs.rax & ~0xFFFFFFFF) | gpr[EAX]
-            regs.rcx = (regs.rcx & ~0xFFFFFFFF) | gpr[ECX]
-            regs.rdx = (regs.rdx & ~0xFFFFFFFF) | gpr[EDX]
-            regs.rbx = (regs.rbx & ~0xFFFFFFFF) | gpr[EBX]
-            regs.rsp = (regs.rsp & ~0xFFFFFFFF) | gpr[ESP]
-            regs.rbp = (regs.rbp & ~0xFFFFFFFF) | gpr[EBP]
-            regs.rsi = (regs.rsi & ~0xFFFFFFFF) | gpr[ESI]
-            regs.rdi = (regs.rdi & ~0xFFFFFFFF) | gpr[EDI]
-            regs.rflags = new_flags
-            vcpu.set_regs(regs)
-        if state.segs_dirty:
-            sregs = vcpu.get_sregs()
-            for name in ("es", "ds", "fs", "gs", "ss"):
-                seg = getattr(sregs, name)
-                sel = getattr(state, name)
-                if seg.selector != sel:
-                    setattr(sregs, name, Segment.real_mode(sel))
-            vcpu.set_sregs(sregs)
-        self._keep(state)
-        if action != "resume":
-            self._after(vcpu, state, action)
-        return True
+        vcpu.skip_instruction()
+        try:
+            regs = vcpu.get_regs()
+            es, cs, ss, ds, fs, gs = vcpu.get_segment_selectors()
+            if vcpu.get_cr0() & CR0_PE:
+                if regs.rflags & FLAG_VM:
+                    return self._v86_doorbell_exit(vcpu, regs, vcpu.get_sregs())
+                return False  # a doorbell from protected-mode code: not the monitor's any more
+            ip = regs.rip & 0xFFFF
+            # engines differ in whether RIP is already past the OUT (KVM) or still on it (soft, in its hook)
+            rel = (cs << 4) + ip - _RM_STUBS
+            if not 0 <= rel < _RM_STUBS_END or rel & 1:
+                return False
+            rax, rcx, rdx, rbx, rsp = regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp
+            rbp, rsi, rdi, rflags = regs.rbp, regs.rsi, regs.rdi, regs.rflags
+            # what rm_doorbell() does, on the state the INT saw (its frame is on the stack)
+            sp = rsp & 0xFFFF
+            mem = self.memory
+            frame = mem.read((ss << 4) + sp, 6) if sp <= 0xFFFA else self._read_frame(ss, sp)
+            gpr = [rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF, rdx & 0xFFFFFFFF, rbx & 0xFFFFFFFF,
+                   (rsp & 0xFFFF0000) | ((sp + 6) & 0xFFFF), rbp & 0xFFFFFFFF, rsi & 0xFFFFFFFF, rdi & 0xFFFFFFFF]
+            state = ProgramState.of(gpr, frame & 0xFFFF, (rflags & _RM_KEEP & ~0xFFFF) | (frame >> 32 & ~0x8028), es,
+                                    frame >> 16 & 0xFFFF, ss, ds, fs, gs, self.vme, self.iopl)
+            state.cr0, state.gdtr, state.idtr = self._cr0, self._gdtr, self._idtr
+            action = self.serve(state, rel >> 2, _INT_IP_UNKNOWN)
+            # the frame the stub's IRET pops: written only if the service changed it (or moved the stack)
+            new_sp = (gpr[ESP] - 6) & 0xFFFF
+            gpr[ESP] = (gpr[ESP] & ~0xFFFF) | new_sp
+            flags = (state.eflags & ~FLAG_IOPL) | self._pushf_iopl | FLAG_FIXED   # program_flags(state)
+            new_frame = (state.eip & 0xFFFF) | (state.cs & 0xFFFF) << 16 | (flags & 0xFFFF) << 32
+            if new_sp != sp or new_frame != frame or state.ss != ss:
+                self._put_frame(state.ss, new_sp, new_frame)
+            # the stub's IRET resumes at the CS:IP in the frame: RIP stays on the IRET
+            new_flags = (rflags & ~0xFFFF) | (state.eflags & 0xFDFF) | (rflags & FLAG_IF)
+            if gpr[EAX] != rax or gpr[ECX] != rcx or gpr[EDX] != rdx or gpr[EBX] != rbx or gpr[ESP] != rsp \
+                    or gpr[EBP] != rbp or gpr[ESI] != rsi or gpr[EDI] != rdi or new_flags != rflags:
+                regs.rax = (rax & ~0xFFFFFFFF) | gpr[EAX]
+                regs.rcx = (rcx & ~0xFFFFFFFF) | gpr[ECX]
+                regs.rdx = (rdx & ~0xFFFFFFFF) | gpr[EDX]
+                regs.rbx = (rbx & ~0xFFFFFFFF) | gpr[EBX]
+                regs.rsp = (rsp & ~0xFFFFFFFF) | gpr[ESP]
+                regs.rbp = (rbp & ~0xFFFFFFFF) | gpr[EBP]
+                regs.rsi = (rsi & ~0xFFFFFFFF) | gpr[ESI]
+                regs.rdi = (rdi & ~0xFFFFFFFF) | gpr[EDI]
+                regs.rflags = new_flags
+                vcpu.set_regs(regs)
+            if state.segs_dirty:
+                sregs = vcpu.get_sregs()
+                for name in ("es", "ds", "fs", "gs", "ss"):
+                    seg = getattr(sregs, name)
+                    sel = getattr(state, name)
+                    if seg.selector != sel:
+                        setattr(sregs, name, Segment.real_mode(sel))
+                vcpu.set_sregs(sregs)
+            self._cr0, self._gdtr, self._idtr = state.cr0, state.gdtr, state.idtr
+            if action is not None:
+                state.cs, state.eip = cs, ip
+                state.eflags &= ~FLAG_IF   # the stub runs as the INT left it
+                self._after(vcpu, state, action)
+            return True
+        except MonitorStop as e:
+            return self._stop(vcpu, e)
 
     def _v86_doorbell_exit(self, vcpu: "EngineVcpu", regs: Registers, sregs: SpecialRegisters) -> bool:
         """A real-mode stub ran in virtual-8086 mode and its OUT exited directly.
@@ -343,7 +492,7 @@ class Monitor:
         state = self._state([regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi],
                             (out_ip + 2) & 0xFFFF, regs.rflags, segs)
         action = self._run(state, lambda st: self.rm_doorbell(st, vector))
-        self._commit_vcpu(vcpu, regs, sregs, state, action)
+        self._commit_vcpu(vcpu, regs, state, action)
         return True
 
     # -- the monitor's logic on a program state ------------------------------------------------------
@@ -415,18 +564,18 @@ class Monitor:
         ``int_ip`` may be :data:`_INT_IP_UNKNOWN`: then it is looked up (the
         bytes before the return CS:IP) only if the service waits.
         """
-        if int_ip == _INT_IP_UNKNOWN:
-            at = (state.cs, state.eip)
+        at_cs, at_ip = state.cs, state.eip
         service, key = self.services.lookup(vector, state.gpr[EAX] >> 8 & 0xFF)
         if service is not None:
             call = ServiceCall(vector, state, self.memory, self.machine, self, key)
             service(call)
         else:
             call = ServiceCall(vector, state, self.memory, self.machine, self, f"{key} (no service)")
+            self._no_service(call, int_ip)
         self.service_counts[call.name] += 1
         if call.halted:
             if int_ip == _INT_IP_UNKNOWN:
-                int_ip = self._int_ip(at[0], at[1], vector)
+                int_ip = self._int_ip(at_cs, at_ip, vector)
             if int_ip is None:
                 raise MonitorStop(f"v8086 monitor: {call.name} waits for input that will never come")
             state.eip = int_ip  # re-execute the INT once an interrupt was delivered
@@ -478,11 +627,15 @@ class Monitor:
         new_frame = (state.eip & 0xFFFF) | (state.cs & 0xFFFF) << 16 | (program_flags(state) & 0xFFFF) << 32
         if new_sp == sp and new_frame == frame and state.ss == ss:
             return
-        if new_sp <= 0x10000 - 6:
-            self.memory.write((state.ss << 4) + new_sp, 6, new_frame)
+        self._put_frame(state.ss, new_sp, new_frame)
+
+    def _put_frame(self, ss: int, sp: int, frame: int) -> None:
+        """Write a 6-byte INT frame at SS:SP (offsets wrap at 64 KiB)."""
+        if sp <= 0x10000 - 6:
+            self.memory.write((ss << 4) + sp, 6, frame)
         else:
             for i in range(3):
-                self.memory.write_far(state.ss, new_sp + 2 * i, 2, new_frame >> (16 * i))
+                self.memory.write_far(ss, sp + 2 * i, 2, frame >> (16 * i))
 
     def _int_ip(self, cs: int, ip: int, vector: int) -> int | None:
         """IP of the ``INT vector`` instruction the program returns to CS:IP past, if it is one."""
@@ -522,12 +675,52 @@ class Monitor:
             self.reflected[f"exception {vector}"] += 1
             reflect(self.memory, state, vector)
             return None
-        raise MonitorStop(f"v8086 monitor: exception {vector} in the program at {state.cs:04x}:{state.eip:04x} "
-                          "and the program has no handler for it")
+        raise MonitorStop(self._unhandled(vector, state.cs, state.eip))
+
+    def _no_service(self, call: ServiceCall, int_ip: int | None) -> None:
+        """A vector nobody serves reached its stub: an IRET (a BIOS's default handler), unless it is a fault.
+
+        On the ``real-mode`` route CPU exceptions arrive through the IVT like
+        INT n. For the fault vectors (:data:`FAULTS`) whose return address is
+        not just past an ``INT n``, returning would re-execute the faulting
+        instruction forever (what a PC with a BIOS does): the monitor stops
+        the machine instead, naming the exception and the instruction.
+        """
+        state = call.state
+        vector = call.vector
+        if int_ip != _INT_IP_UNKNOWN or vector not in FAULTS:
+            return
+        if self._int_ip(state.cs, state.eip, vector) is not None and not self._raises(vector, state.cs, state.eip):
+            return  # INT n by software (the instruction it returns to would not raise the exception)
+        raise MonitorStop(self._unhandled(vector, state.cs, state.eip))
+
+    def _raises(self, vector: int, cs: int, ip: int) -> bool:
+        """Could the instruction at CS:IP raise exception ``vector``? (#GP and #SS: any instruction can.)"""
+        insn = next(self.emulator.md.disasm(self.emulator.fetch_at(cs, ip), ip), None)
+        if insn is None:
+            return vector == 6
+        name = insn.mnemonic
+        if vector == 0:
+            return name in ("div", "idiv", "aam")
+        if vector == 5:
+            return name == "bound"
+        if vector == 6:
+            return name.startswith("ud") or name == "lock"
+        if vector == 7:
+            return name.startswith("f") or name == "wait"
+        return True
+
+    def _unhandled(self, vector: int, cs: int, ip: int) -> str:
+        """The stop message for exception ``vector`` of the instruction at CS:IP that the program does not handle."""
+        code = self.emulator.fetch_at(cs, ip)
+        insn = next(self.emulator.md.disasm(code, ip), None)
+        text = f"{insn.mnemonic} {insn.op_str}".strip() if insn is not None else "(undecodable)"
+        return (f"v8086 monitor: {FAULTS.get(vector, 'exception')} (vector {vector}) at {cs:04x}:{ip & 0xFFFF:04x} "
+                f"[{code[:insn.size if insn is not None else 4].hex(' ')}: {text}], and the program's IVT has no "
+                "handler for it (a BIOS's default handler would return to the instruction forever)")
 
     # -- commit and follow-up --------------------------------------------------------------------------
-    def _commit_vcpu(self, vcpu: "EngineVcpu", regs: Registers, sregs: SpecialRegisters, state: ProgramState,
-                     action: str) -> None:
+    def _commit_vcpu(self, vcpu: "EngineVcpu", regs: Registers, state: ProgramState, action: str) -> None:
         if action == "protected":
             self._hand_over(vcpu, state)
             return
@@ -537,6 +730,7 @@ class Monitor:
         regs.rflags = self.real_eflags(state)
         vcpu.set_regs(regs)
         if state.segs_dirty:
+            sregs = vcpu.get_sregs()
             for name in ("es", "cs", "ss", "ds", "fs", "gs"):
                 setattr(sregs, name, v86_segment(getattr(state, name)))
             vcpu.set_sregs(sregs)
@@ -579,7 +773,11 @@ class Monitor:
 
     # -- reports and state ---------------------------------------------------------------------------------
     def report_lines(self) -> list[str]:
-        lines = [f"route: {self.route or '-'}" + (" (handed over to protected mode)" if self.handed_over else "")]
+        note = ""
+        if self.handed_over:
+            note = (" (the program switched to protected mode itself)" if self.route == "real-mode"
+                    else " (handed over to protected mode)")
+        lines = [f"route: {self.route or '-'}{note}"]
         if self.emulator.counts:
             lines.append("emulated instructions:")
             lines += [f"  {name:<24} {n:>10}" for name, n in self.emulator.counts.most_common()]

@@ -25,8 +25,6 @@ from .services.bios import Disk
 from .state import ProgramMemory
 
 if TYPE_CHECKING:
-    from smartvm_core.engines.base import EngineVcpu
-    from smartvm_core.exit import VmExit
     from smartvm_core.images import ImageSpec, LoadResult
     from smartvm_core.machine import Machine
     from smartvm_core.report import RunReport
@@ -124,22 +122,10 @@ def register_exit_handlers(register: Callable[..., None], machine: "Machine") ->
     monitor = monitor_of(machine)
     if monitor is None:
         return
-    from .monitor import MonitorStop
-
-    def guarded(fn: Callable[["EngineVcpu", "VmExit"], bool]) -> Callable[["EngineVcpu", "VmExit"], bool]:
-        def handler(vcpu: "EngineVcpu", exit: "VmExit") -> bool:
-            try:
-                return fn(vcpu, exit)
-            except MonitorStop as e:
-                lines = monitor.report_lines()
-                machine.stop("error", str(e), report=lines, vcpu=vcpu.index)
-                return True
-        handler.__name__ = fn.__name__
-        return handler
-
-    register(ExitReason.EXCEPTION_NMI, guarded(monitor.handle_exception_nmi), name="v8086-gp", priority=50)
-    register(ExitReason.IO_INSTRUCTION, guarded(monitor.handle_io_instruction), name="v8086-doorbell",
-             ports=sorted({monitor.pm_port, monitor.rm_port}))
+    # the monitor's handlers stop the machine with its report themselves (MonitorStop)
+    register(ExitReason.EXCEPTION_NMI, monitor.handle_exception_nmi, name="v8086-gp", priority=50)
+    register(ExitReason.IO_INSTRUCTION, monitor.handle_rm_doorbell, name="v8086-rm-doorbell", ports=[monitor.rm_port])
+    register(ExitReason.IO_INSTRUCTION, monitor.handle_pm_doorbell, name="v8086-pm-doorbell", ports=[monitor.pm_port])
 
 
 def choose_route(machine: "Machine", requested: str) -> str:
@@ -230,6 +216,7 @@ def setup_program(machine: "Machine", monitor: "Monitor", result: "LoadResult", 
     _init_pc_devices(machine)
     assert result.regs is not None and result.sregs is not None
     result.regs, result.sregs = monitor.setup(route, result.regs, result.sregs)
+    monitor.attach(machine.vcpus[0])
     if route == "exception-bitmap":
         vcpu = machine.vcpus[0]
         vcpu.vmcs[VmcsField.EXCEPTION_BITMAP] = vcpu.vmcs[VmcsField.EXCEPTION_BITMAP] | 1 << 13
@@ -251,6 +238,9 @@ def run_report(machine: "Machine", report: "RunReport") -> None:
     monitor = monitor_of(machine)
     if monitor is None or monitor.route is None:
         return
+    if monitor.route == "real-mode" and not monitor.handed_over and machine.vcpus:
+        # on this route the program's MOV CR0/LMSW runs without trapping: look whether it left real mode
+        monitor.handed_over = bool(machine.vcpus[0].get_cr0() & 1)
     report.add_counter("v8086 route", monitor.route)
     report.add_counter("v8086 emulated instructions", sum(monitor.emulator.counts.values()))
     report.add_counter("v8086 services", sum(monitor.service_counts.values()))

@@ -112,3 +112,46 @@ def test_int_frames_wrap_keep_flags_and_segments(engine_route):
     r = run_guest("int_frame", engine=engine, route=route, fmt="com")
     assert r.stop.kind == "exit-code", r.stop.detail
     assert r.stop.exit_code == 0, f"check {r.stop.exit_code} failed"
+
+
+@pytest.mark.parametrize("how", ["mov-cr0", "lmsw"])
+def test_program_setting_pe_continues_in_protected_mode(engine_route, how):
+    """A DOS-extender-style switch: LGDT/LIDT, CR0.PE, far jump, then 32-bit code at CPL 0 with its own IDT."""
+    from v8086_guests import kvm_protected_mode_iret_reason
+    engine, route = engine_route
+    defines = {"USE_LMSW": int(how == "lmsw")}
+    # the #GP through the program's IDT returns with IRETD, which this host's KVM may not emulate
+    take_gp = engine != "kvm" or kvm_protected_mode_iret_reason() is None
+    if not take_gp:
+        defines["GP_CHECK"] = 0
+    r = run_guest("pmode", engine=engine, route=route, fmt="com", defines=defines,
+                  devices=[{"type": "debugcon"}, {"type": "isa-debug-exit"}])
+    assert r.stop.kind == "exit-code" and r.stop.exit_code == 33, (r.console, r.stop.detail)
+    assert r.console == ("8086 program\r\nprotected mode\n" + ("#GP handled by the program's IDT\n" if take_gp else "")
+                         + "32-bit code at CPL 0\n")
+    section = dict(r.report.sections)["virtual-8086 monitor"]
+    if route == "real-mode":
+        assert section[0] == "route: real-mode (the program switched to protected mode itself)"
+    else:
+        assert section[0] == f"route: {route} (handed over to protected mode)"
+        text = "\n".join(section)
+        assert "lgdt" in text and "lidt" in text and ("lmsw" in text if how == "lmsw" else "  mov " in text)
+
+
+@pytest.mark.parametrize("handler", [0, 1])
+def test_ud_reaches_the_programs_handler_or_stops_naming_it(engine_route, handler):
+    """INT 6 by software with nobody serving it returns; UD2 goes to the program's handler, or stops the VM."""
+    engine, route = engine_route
+    r = run_guest("ud", engine=engine, route=route, fmt="com", defines={"HANDLER": handler})
+    if engine == "kvm" and r.stop.kind == "error" and "KVM internal error" in r.stop.detail \
+            and r.console == "after INT 6\r\n":
+        pytest.skip(f"this host's KVM cannot raise #UD for UD2 in real mode: {r.stop.detail}")
+    assert r.console == "after INT 6\r\n"
+    section = dict(r.report.sections)["virtual-8086 monitor"]
+    assert "  INT 06h (no service)              1" in section
+    if handler:
+        assert r.stop.kind == "exit-code" and r.stop.exit_code == 7, r.stop.detail
+    else:
+        assert r.stop.kind == "error"
+        assert "#UD (invalid opcode) (vector 6) at 1000:010a [0f 0b: ud2], and the program's IVT has no handler" \
+            in r.stop.detail

@@ -213,7 +213,8 @@ def test_program_hooking_a_vector_gets_it_instead_of_the_service(monitor):
 
 def test_unhooked_exception_stops_with_a_reason(monitor):
     s = ProgramState(cs=0x1000, ss=0x1000, eip=0x100)
-    with pytest.raises(MonitorStop, match="exception 0"):
+    monitor.memory.write_bytes(0x10100, bytes.fromhex("f7 f1"))     # div cx
+    with pytest.raises(MonitorStop, match=r"#DE \(divide error\) \(vector 0\) at 1000:0100 \[f7 f1: div cx\]"):
         monitor.exception(s, 0)
 
 

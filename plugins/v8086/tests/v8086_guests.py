@@ -62,3 +62,16 @@ def run_guest(name: str, *, engine: str, route: str, fmt: str, devices=(), v8086
     return run_experiment(cfg, entry_points=False, plugins=[*plugins(), *extra_plugins])
 
 
+
+
+_PM_IRET: dict[str, str | None] = {}
+
+
+def kvm_protected_mode_iret_reason() -> str | None:
+    """Why this host's KVM cannot IRET in 32-bit protected mode (found by running a probe guest), or None."""
+    if "reason" not in _PM_IRET:
+        r = run_guest("pmode", engine="kvm", route="real-mode", fmt="com", defines={"IRET_PROBE": 1},
+                      devices=[{"type": "debugcon"}, {"type": "isa-debug-exit"}])
+        ok = r.stop.kind == "exit-code" and r.stop.exit_code == 33
+        _PM_IRET["reason"] = None if ok else f"this host's KVM cannot IRET in protected mode: {r.stop.detail}"
+    return _PM_IRET["reason"]

@@ -1,0 +1,123 @@
+"""The monitor's exception-bitmap fast path against its general path, and faults reaching a stub nobody serves."""
+
+import itertools
+
+import attrs
+import pytest
+
+from smartvm_core.arch.modes import real_mode_state
+from smartvm_core.cpu import Registers
+from smartvm_core.memory import GuestMemory
+from smartvm_v8086.monitor import _INT_IP_UNKNOWN, Monitor, MonitorStop
+from smartvm_v8086.services import ServiceCall
+from smartvm_v8086.state import FLAG_IF, FLAG_VM, ProgramMemory, ProgramState
+
+
+class Vcpu:
+    """The register accessors the monitor uses, over plain values (``one_reg``: as an engine that overrides get_reg)."""
+
+    index = 0
+
+    def __init__(self, regs: Registers, selectors: tuple[int, ...]) -> None:
+        self.regs = regs
+        self.selectors = selectors
+        self.calls: list[str] = []
+
+    def get_regs(self):
+        self.calls.append("get_regs")
+        return attrs.evolve(self.regs)
+
+    def set_regs(self, regs):
+        self.calls.append("set_regs")
+        self.regs = attrs.evolve(regs)
+
+    def get_reg(self, name):
+        self.calls.append("get_reg")
+        return getattr(self.regs, name)
+
+    def set_reg(self, name, value):
+        self.calls.append("set_reg")
+        setattr(self.regs, name, value)
+
+    def get_segment_selectors(self):
+        return self.selectors
+
+
+class Exit:
+    interruption_info = 13 | 3 << 8 | 1 << 11 | 1 << 31
+    interruption_error_code = 0
+
+
+def make_monitor(iopl=0):
+    mem = GuestMemory()
+    mem.add_ram(0, 0xA0000)
+    mem.add_ram(0xF0000, 0x10000, "bios")
+    m = Monitor(None, ProgramMemory(mem), iopl=iopl)
+    regs, sregs = real_mode_state(0x1000, 0x100, ds=0x1000, sp=0xFFFE)
+    m.setup("exception-bitmap", regs, sregs)
+    return m, mem
+
+
+CODES = {"cli": "fa", "sti": "fb", "pushf": "9c", "popf": "9d", "pushfd": "669c", "popfd": "669d"}
+
+
+@pytest.mark.parametrize("one_reg", [False, True])
+@pytest.mark.parametrize("name, vif, stack, flags", [
+    (name, vif, stack, flags)
+    for name, vif, (stack, flags) in itertools.product(
+        CODES, (False, True),
+        ((0x0000_0000, 0x0000), (0xFFFF_FFFF, 0x08D5), (0x0024_7ED7, 0x0F00), (0x1234_0200, 0x0001)))])
+def test_fast_path_matches_the_emulator(name, vif, stack, flags, one_reg):
+    """CLI/STI/PUSHF(D)/POPF(D): registers, stack and virtual IF as the capstone path leaves them."""
+    results = []
+    for fast in (True, False):
+        m, mem = make_monitor()
+        m._one_reg = one_reg
+        m._fast = fast
+        m.vif = vif
+        mem.write(0x10100, bytes.fromhex(CODES[name]))
+        mem.write(0x1FFF0, stack.to_bytes(4, "little") + b"\x5a\x5a\x5a\x5a")
+        rflags = FLAG_VM | FLAG_IF | 0x2 | flags
+        vcpu = Vcpu(Registers(rax=0x1111, rsp=0xABCD_FFF0, rip=0x100, rflags=rflags),
+                    (0x1000, 0x1000, 0x1000, 0x1000, 0x1000, 0x1000))
+        assert m.handle_exception_nmi(vcpu, Exit())
+        results.append((attrs.asdict(vcpu.regs), m.vif, mem.read(0x1FFEC, 12), dict(m.emulator.counts)))
+        if fast:
+            assert "get_regs" not in vcpu.calls if one_reg else "get_reg" not in vcpu.calls
+        mem.close()
+    assert results[0] == results[1]
+
+
+def test_fast_path_leaves_other_instructions_and_pending_interrupts_to_the_emulator():
+    m, mem = make_monitor()
+    m._one_reg = True
+    vcpu = Vcpu(Registers(rip=0x100, rsp=0xFFF0, rflags=FLAG_VM | FLAG_IF | 2), (0x1000,) * 6)
+    mem.write(0x10100, bytes.fromhex("26fa"))        # ES: CLI (a prefix the fast path does not take)
+    assert m._fast_gp(vcpu) is None
+    mem.write(0x10100, bytes.fromhex("fb"))
+    m.pending.append(0x08)                         # STI with an interrupt waiting: delivery decisions
+    assert m._fast_gp(vcpu) is None
+    vcpu.regs.rflags &= ~FLAG_VM                    # not the program's
+    m.pending.clear()
+    assert m._fast_gp(vcpu) is None
+    mem.close()
+
+
+def _call(m, vector, cs, ip):
+    state = ProgramState(cs=cs, ss=cs, eip=ip, eflags=FLAG_IF)
+    return state, ServiceCall(vector, state, m.memory, None, m, f"INT {vector:02X}h (no service)")
+
+
+def test_int6_by_software_returns_but_a_fault_nobody_handles_stops():
+    m, mem = make_monitor()
+    mem.write(0x10100, bytes.fromhex("cd06 90 0f0b"))   # int 6; nop; ud2
+    state, call = _call(m, 6, 0x1000, 0x102)            # returning past the INT 6, to the NOP
+    m._no_service(call, _INT_IP_UNKNOWN)
+    m._no_service(_call(m, 6, 0x1000, 0x103)[1], 12)    # the INT's address known: software, never a fault
+    with pytest.raises(MonitorStop, match=r"#UD \(invalid opcode\) \(vector 6\) at 1000:0103 \[0f 0b: ud2\]"):
+        m._no_service(_call(m, 6, 0x1000, 0x103)[1], _INT_IP_UNKNOWN)
+    mem.write(0x10100, bytes.fromhex("cd00 f7f1"))      # int 0; div cx: the DIV would fault again
+    with pytest.raises(MonitorStop, match=r"#DE \(divide error\)"):
+        m._no_service(_call(m, 0, 0x1000, 0x102)[1], _INT_IP_UNKNOWN)
+    m._no_service(_call(m, 0x60, 0x1000, 0x102)[1], _INT_IP_UNKNOWN)   # not a fault vector: an IRET
+    mem.close()
