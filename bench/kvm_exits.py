@@ -19,17 +19,20 @@ For ``unclaimed-in`` the same loop also runs as a BIOS image
 (guests/kvm/bench_qemu_bios.asm) under ``qemu-system-x86_64 -accel kvm -M pc
 -nodefaults``. Port 0x2E0 belongs to no QEMU device there (``info mtree``
 shows it in the bare ``io`` root region), so every IN leaves KVM for QEMU's
-user space, as it does for us. Each round runs QEMU twice in fresh processes,
-with BASE = 1000 and with BASE + COUNT reads; QEMU's time per exit is
-``(t(BASE + COUNT) - median over the rounds of t(BASE)) / COUNT``, so its
-start-up (and its first BASE exits) cancel out, a single slow start-up does
-not skew a round, and what remains is the same COUNT exits the others make.
-The target is less time per exit than QEMU.
+user space, as it does for us. The target is less time per exit than QEMU.
+
+Every contender is timed the same way: the guest frames its loop with two
+writes to port 0x402, ``'S'`` before the first exit and ``'E'`` after the
+last, and the time between those two marker exits, as the VMM sees them,
+covers the same COUNT + 1 exits (the loop's and the ``'E'`` exit) on every
+side. The C loop and both Python loops read a clock when they handle the
+markers; QEMU gets an ``isa-debugcon`` at 0x402 writing to a pipe, and the
+benchmark reads the clock as each marker byte arrives. Start-up, the first
+exits of a fresh vCPU and shut-down stay out of every figure alike.
 
 The runs of every contender are interleaved, REPEAT rounds (a shared host's
 exit cost drifts with its load); each figure is printed as the best and the
-median of its rounds. Framework times are the wall time of
-``Machine.run()``, start-up of the run included.
+median of its rounds.
 
 usage: python bench/kvm_exits.py [COUNT] [REPEAT]      (defaults 100000, 5)
 """
@@ -56,7 +59,8 @@ BUILD = Path(__file__).resolve().parent / "build"
 MODES = {"io": 0, "mmio": 1, "unclaimed-in": 2}
 LOAD = 0x7C00
 MEM_KIB = 640
-QEMU_BASE = 1000
+#: the port the guests write their 'S' and 'E' markers to
+MARK_PORT = 0x402
 
 
 def build_c_loop() -> Path:
@@ -72,9 +76,31 @@ def build_c_loop() -> Path:
 
 
 def c_loop(binary: Path, image: Path) -> tuple[int, float]:
+    """(exits, seconds) between the guest's markers."""
     out = subprocess.run([str(binary), str(image), hex(LOAD), str(MEM_KIB)], capture_output=True, text=True,
                          check=True).stdout.split()
     return int(out[0]), float(out[1])
+
+
+class MarkerDevice:
+    """Port 0x402: notes the time of the guest's 'S' and 'E' marker writes."""
+
+    name = "bench-marker"
+
+    def __init__(self) -> None:
+        self.times: dict[int, float] = {}
+
+    def read(self, offset: int, size: int) -> int:
+        return 0xFF
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.times[value & 0xFF] = time.perf_counter()
+
+    def interval(self, what: str) -> float:
+        try:
+            return self.times[ord("E")] - self.times[ord("S")]
+        except KeyError:
+            raise SystemExit(f"{what}: the guest wrote no 'S'/'E' markers to port {MARK_PORT:#x}") from None
 
 
 class BenchMmioDevice:
@@ -93,7 +119,8 @@ class BenchMmioDevice:
         self.accesses += 1
 
 
-def framework(image: Path) -> tuple[int, float]:
+def framework(image: Path, count: int) -> tuple[int, float]:
+    """(exits, seconds) between the guest's markers, through the whole framework."""
     from smartvm_core.testing import make_machine
     machine = make_machine({
         "machine": {"engine": "kvm", "memory": f"{MEM_KIB}K"},
@@ -102,17 +129,17 @@ def framework(image: Path) -> tuple[int, float]:
     })
     try:
         machine.mmio.register(0xD0000, 0x1000, BenchMmioDevice())
-        t0 = time.perf_counter()
+        marker = MarkerDevice()
+        machine.pio.register(MARK_PORT, 1, marker)
         stop = machine.run()
-        dt = time.perf_counter() - t0
         if stop.kind != "exit-code":
             raise SystemExit(f"framework run stopped with {stop.kind}: {stop.detail}")
-        return sum(machine.exit_counts().values()), dt
+        return count + 1, marker.interval("framework")
     finally:
         machine.close()
 
 
-def bare_bindings(image: Path) -> tuple[int, float]:
+def bare_bindings(image: Path, count: int) -> tuple[int, float]:
     """The Python bindings alone: VcpuFd.run and the least work per exit."""
     import ctypes
     import mmap
@@ -132,38 +159,56 @@ def bare_bindings(image: Path) -> tuple[int, float]:
     vcpu.set_sregs(sregs_to_kvm(sregs, vcpu.get_sregs()))
     vcpu.set_regs(regs_to_kvm(regs))
     run = vcpu.run_struct
-    exits = 0
-    t0 = time.perf_counter()
+    mm = vcpu.run_mmap
+    marks = {}
     while True:
         reason = vcpu.run()
-        exits += 1
-        if reason == s.KVM_EXIT_IO and run.io.direction == s.KVM_EXIT_IO_OUT and run.io.port == 0xF4:
-            break
+        if reason == s.KVM_EXIT_IO and run.io.direction == s.KVM_EXIT_IO_OUT:
+            if run.io.port == MARK_PORT:
+                marks[mm[run.io.data_offset]] = time.perf_counter()
+            elif run.io.port == 0xF4:
+                break
         if reason == s.KVM_EXIT_HLT:
             break
-    dt = time.perf_counter() - t0
     del run
     vcpu.close()
     vm.close()
     kvm.close()
     del anchor
     mem.close()
-    return exits, dt
+    if ord("S") not in marks or ord("E") not in marks:
+        raise SystemExit(f"bare bindings: the guest wrote no 'S'/'E' markers to port {MARK_PORT:#x}")
+    return count + 1, marks[ord("E")] - marks[ord("S")]
 
 
 def qemu_command(qemu: str, count: int) -> list[str]:
     image = build_guest("kvm/bench_qemu_bios", defines={"COUNT": count})
     return [qemu, "-accel", "kvm", "-M", "pc", "-nodefaults", "-display", "none", "-no-reboot",
-            "-bios", str(image), "-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-m", "16"]
+            "-bios", str(image), "-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-m", "16",
+            "-chardev", "stdio,id=mark", "-device", f"isa-debugcon,iobase={MARK_PORT:#x},chardev=mark"]
 
 
-def qemu_once(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    dt = time.perf_counter() - t0
+def qemu_once(cmd: list[str], count: int) -> tuple[int, float]:
+    """(exits, seconds) between the guest's markers, as their bytes arrive on QEMU's debugcon pipe."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    marks: dict[bytes, float] = {}
+    try:
+        fd = proc.stdout.fileno()
+        while len(marks) < 2:
+            byte = os.read(fd, 1)   # unbuffered: the clock is read as each marker arrives
+            if not byte:
+                break
+            marks[byte] = time.perf_counter()
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     if proc.returncode != 1:  # isa-debug-exit: (0 << 1) | 1
-        raise RuntimeError(f"qemu exited with {proc.returncode}: {proc.stderr.strip()[:300]}")
-    return dt
+        raise RuntimeError(f"qemu exited with {proc.returncode}: {err.decode(errors='replace').strip()[:300]}")
+    if b"S" not in marks or b"E" not in marks:
+        raise RuntimeError(f"qemu: no 'S'/'E' markers arrived from the debugcon at {MARK_PORT:#x}")
+    return count + 1, marks[b"E"] - marks[b"S"]
 
 
 def summary(per_exit: list[float]) -> tuple[float, float]:
@@ -190,26 +235,23 @@ def main() -> int:
     for kind, mode in MODES.items():
         image = build_guest("kvm/bench_exits", defines={"COUNT": count, "MODE": mode})
         runs: dict[str, list[float]] = {"c": [], "bare": [], "framework": []}
-        q_small_t: list[float] = []
-        q_big_t: list[float] = []
+        q_runs: list[float] = []
         with_qemu = kind == "unclaimed-in" and qemu is not None
         if with_qemu:
-            q_small, q_big = qemu_command(qemu, QEMU_BASE), qemu_command(qemu, QEMU_BASE + count)
+            q_cmd = qemu_command(qemu, count)
         for _ in range(repeat):
-            for name, fn in (("c", lambda: c_loop(c_binary, image)), ("bare", lambda: bare_bindings(image)),
-                             ("framework", lambda: framework(image))):
+            for name, fn in (("c", lambda: c_loop(c_binary, image)), ("bare", lambda: bare_bindings(image, count)),
+                             ("framework", lambda: framework(image, count))):
                 n, dt = fn()
                 runs[name].append(dt / n)
             if with_qemu:
                 try:
-                    t_small = qemu_once(q_small)
-                    t_big = qemu_once(q_big)
+                    n, dt = qemu_once(q_cmd, count)
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     print(f"  QEMU baseline failed: {e}")
                     with_qemu = False
                     continue
-                q_small_t.append(t_small)
-                q_big_t.append(t_big)
+                q_runs.append(dt / n)
         (c_best, c_med), (b_best, b_med), (f_best, f_med) = (summary(runs[k]) for k in ("c", "bare", "framework"))
         results[kind] = (f_best, f_med)
         print(f"\n[{kind}]                          best: us/exit  ratio   median: us/exit  ratio")
@@ -218,11 +260,8 @@ def main() -> int:
               f"{1e6 * b_med:8.2f}  {c_med / b_med:5.2f}x")
         print(f"  framework (loop+bus+device):     {1e6 * f_best:8.2f}  {c_best / f_best:5.2f}x    "
               f"{1e6 * f_med:8.2f}  {c_med / f_med:5.2f}x   (exits/s vs C; target >= 0.70x)")
-        if with_qemu and q_big_t:
-            start = statistics.median(q_small_t)
-            q_result = summary([(t - start) / count for t in q_big_t])
-            print(f"  (QEMU start-up with {QEMU_BASE} reads: median {start:.3f} s, "
-                  f"min {min(q_small_t):.3f} s, max {max(q_small_t):.3f} s)")
+        if with_qemu and q_runs:
+            q_result = summary(q_runs)
     if q_result is not None:
         (q_best, q_med), (f_best, f_med) = q_result, results["unclaimed-in"]
         print("\n[unclaimed-in vs QEMU -accel kvm]   best: us/exit            median: us/exit")

@@ -3,7 +3,9 @@
  * Runs a flat real-mode guest image at a load address in `mem_kib` KiB of RAM
  * and answers its exits with the least possible work: OUT and MMIO writes are
  * dropped, IN and MMIO reads return all ones. Stops at HLT or at an OUT to
- * port 0xF4 and prints "<exits> <seconds>".
+ * port 0xF4 and prints "<exits> <seconds>": the exits after the guest's 'S'
+ * marker (OUT to port 0x402) up to and including its 'E' marker, and the time
+ * between the two marker exits (as bench/kvm_exits.py times every contender).
  *
  * usage: kvm_exits_loop IMAGE LOAD_ADDR MEM_KIB
  */
@@ -54,9 +56,8 @@ int main(int argc, char **argv) {
     struct kvm_regs regs = {.rip = load, .rflags = 2, .rsp = 0x7000};
     if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) die("KVM_SET_REGS");
 
-    struct timespec t0, t1;
-    long exits = 0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct timespec t0 = {0}, t1 = {0};
+    long exits = 0, exits_s = -1, exits_e = -1;
     for (;;) {
         if (ioctl(vcpu, KVM_RUN, 0) < 0) {
             if (errno == EINTR) continue;
@@ -66,7 +67,10 @@ int main(int argc, char **argv) {
         if (run->exit_reason == KVM_EXIT_IO) {
             uint8_t *data = (uint8_t *)run + run->io.data_offset;
             if (run->io.direction == KVM_EXIT_IO_OUT) {
-                if (run->io.port == 0xF4) break;
+                if (run->io.port == 0x402) {          /* the guest's 'S' / 'E' markers */
+                    if (*data == 'S') { clock_gettime(CLOCK_MONOTONIC, &t0); exits_s = exits; }
+                    else if (*data == 'E') { clock_gettime(CLOCK_MONOTONIC, &t1); exits_e = exits; }
+                } else if (run->io.port == 0xF4) break;
             } else {
                 memset(data, 0xFF, run->io.size * run->io.count);
             }
@@ -79,7 +83,7 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("%ld %.9f\n", exits, (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+    if (exits_s < 0 || exits_e < 0) { fprintf(stderr, "the guest wrote no 'S'/'E' markers to port 0x402\n"); return 1; }
+    printf("%ld %.9f\n", exits_e - exits_s, (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
     return 0;
 }

@@ -22,6 +22,7 @@ Handler = Callable[["EngineVcpu", "VmExit"], bool]
 
 #: table size: every basic exit reason the SDM defines fits below this
 TABLE_SIZE = 128
+_IO = int(ExitReason.IO_INSTRUCTION)
 
 
 class ExitStats:
@@ -58,7 +59,10 @@ class DispatchTable:
     (``register(..., ports=[0x5356])``): such a handler is called only for
     those ports, through one dictionary lookup, ahead of the handlers
     registered for every port. This keeps doorbells off the path of all
-    other port I/O.
+    other port I/O: the inline dispatcher finds an I/O exit's whole chain
+    with one dictionary lookup in :attr:`io_chains` (a miss gives
+    :attr:`io_chain`). ``table[IO_INSTRUCTION]`` makes the same calls for
+    code that indexes the table by reason alone (:func:`run_vcpu`).
     """
 
     def __init__(self) -> None:
@@ -68,6 +72,11 @@ class DispatchTable:
         self.table: list[tuple[Handler, ...]] = [()] * TABLE_SIZE
         #: port → handlers registered for that port (frozen)
         self.port_table: dict[int, tuple[Handler, ...]] = {}
+        #: port → the whole ``IO_INSTRUCTION`` chain for that port: its own handlers, then
+        #: :attr:`io_chain` (frozen); the loop looks a port up here once per I/O exit
+        self.io_chains: dict[int, tuple[Handler, ...]] = {}
+        #: the ``IO_INSTRUCTION`` chain of a port no handler named (frozen)
+        self.io_chain: tuple[Handler, ...] = ()
 
     def make_register(self, plugin: str) -> Callable[..., None]:
         def register(reason: ExitReason | int, handler: Handler, *, name: str | None = None,
@@ -104,8 +113,10 @@ class DispatchTable:
             table[reason] = tuple(h for _, _, _, h in self._ordered(entries))
         self.port_table = {port: tuple(h for _, _, _, h in self._ordered(entries))
                            for port, entries in self._port_entries.items()}
+        io = int(ExitReason.IO_INSTRUCTION)
+        self.io_chain = table[io]
+        self.io_chains = {port: chain + table[io] for port, chain in self.port_table.items()}
         if self.port_table:
-            io = int(ExitReason.IO_INSTRUCTION)
             table[io] = (self._make_port_dispatch(),) + table[io]
         self.table = table
 
@@ -196,13 +207,17 @@ def make_inline_dispatcher(machine: "Machine", vcpu: "EngineVcpu", stats: ExitSt
     """The loop body for engines that can handle an exit without leaving the guest.
 
     The ``soft`` engine calls the returned ``dispatch(exit)`` from inside its
-    CPU hooks: it runs the same handler chain with the same accounting as
+    CPU hooks, the ``kvm`` engine between one ``KVM_RUN`` and the next: it
+    runs the same handler chain with the same accounting as
     :func:`run_vcpu`. It returns ``True`` if the guest may continue at once,
     ``False`` if the engine must return from ``run()`` (with ``None``) so the
     loop can stop, pause, inject an interrupt or re-arm the timer. An
     unhandled exit has already been reported when it returns ``False``.
     """
     table = machine.dispatch.table
+    # I/O exits: one lookup for the port's whole chain, where some handler named ports
+    io_chain_for = machine.dispatch.io_chains.get if machine.dispatch.io_chains else None
+    io_chain = machine.dispatch.io_chain
     counts, times = stats.counts, stats.times
     perf = time.perf_counter_ns
     irq = machine.irq
@@ -212,17 +227,18 @@ def make_inline_dispatcher(machine: "Machine", vcpu: "EngineVcpu", stats: ExitSt
     def dispatch(exit: "VmExit") -> bool:
         t0 = perf()
         reason = exit.reason
-        for handler in table[reason]:
+        for handler in table[reason] if reason != _IO or io_chain_for is None else io_chain_for(exit.port, io_chain):
             if handler(vcpu, exit):
                 break
         else:
             machine.unhandled_exit(vcpu, exit)
             return False
         counts[reason] += 1
-        stats.total += 1
+        total = stats.total + 1
+        stats.total = total
         times[reason] += perf() - t0
-        if stats.total >= control.max_exits:
-            machine.stop("max-exits", f"{stats.total} exits on vCPU {vcpu.index}")
+        if total >= control.max_exits:
+            machine.stop("max-exits", f"{total} exits on vCPU {vcpu.index}")
         if control.stop_requested or control.pause_requested:
             return False
         if irq.controller is not None and irq.pending():

@@ -1,5 +1,6 @@
 ; The same unclaimed-port read loop as bench_exits.asm MODE 2, as a 64 KiB BIOS image for
-; qemu-system-x86_64 -bios: COUNT x IN from port 0x2E0, then isa-debug-exit at 0xF4.
+; qemu-system-x86_64 -bios: COUNT x IN from port 0x2E0, then isa-debug-exit at 0xF4. The same
+; 'S'/'E' writes to port 0x402 (an isa-debugcon there) frame the loop.
 %ifndef COUNT
 %define COUNT 100000
 %endif
@@ -7,12 +8,18 @@ bits 16
 org 0
 start:
     cli
+    mov dx, 0x402
+    mov al, 'S'
+    out dx, al
     mov ecx, COUNT
 .l:
     mov dx, 0x2E0
     in al, dx
     dec ecx
     jnz .l
+    mov dx, 0x402
+    mov al, 'E'
+    out dx, al
     mov al, 0
     out 0xF4, al
     hlt

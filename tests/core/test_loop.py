@@ -7,6 +7,8 @@ import pytest
 from scripted_engine import ScriptedPlugin
 from smartvm_core import hookimpl
 from smartvm_core.errors import PluginError
+from smartvm_core.exit import VmExit
+from smartvm_core.loop import DispatchTable
 from smartvm_core.testing import make_machine, run_experiment
 from smartvm_core.vmx import ExitReason
 
@@ -361,6 +363,36 @@ def test_port_handlers_see_only_their_ports_and_run_before_the_bus():
     assert rec.device.writes == [(0, 1, 1), (3, 1, 4)]  # the bus got every other port
     assert r.machine.dispatch.chain(ExitReason.IO_INSTRUCTION)[:2] == ["port 0x99: d:doorbell",
                                                                        "port 0x9a: d:doorbell"]
+
+
+def test_io_chains_hold_each_named_port_s_whole_chain():
+    table = DispatchTable()
+    reg = table.make_register("t")
+    calls = []
+
+    def bus(vcpu, exit):
+        calls.append("bus")
+        return True
+
+    def bell(vcpu, exit):
+        calls.append("bell")
+        return exit.value == 1   # declines other values: the exit goes on to the bus
+
+    reg(ExitReason.IO_INSTRUCTION, bus, priority=-100)
+    reg(ExitReason.IO_INSTRUCTION, bell, ports=[0x99])
+    table.freeze()
+    assert table.io_chains == {0x99: (bell, bus)}
+    assert table.io_chain == (bus,)
+    # table[IO_INSTRUCTION] makes the same calls for code that indexes by reason alone
+    exit = VmExit().reset(ExitReason.IO_INSTRUCTION)
+    for port, value, want in ((0x99, 1, ["bell"]), (0x99, 2, ["bell", "bus"]), (0x98, 1, ["bus"])):
+        calls.clear()
+        exit.port, exit.value = port, value
+        assert any(h(None, exit) for h in table.table[ExitReason.IO_INSTRUCTION])
+        assert calls == want
+        calls.clear()
+        assert any(h(None, exit) for h in table.io_chains.get(port, table.io_chain))
+        assert calls == want
 
 
 def test_ports_only_for_io_instruction():

@@ -45,7 +45,7 @@ import signal
 import struct
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import attrs
 
@@ -59,13 +59,16 @@ from ..base import Availability, Engine, EngineOptions, EngineVcpu, VmxBitmaps
 from . import ioctls as k
 from . import structs as s
 from .errors import KvmError, KvmMissingCapability, KvmUnavailable
-from .exits import (MMIO_DATA_OFFSET, MSR_DATA_OFFSET, MSR_ERROR_OFFSET, TRANSLATE, U64, VALUE,
-                    WB_IO_IN, WB_IO_IN_STRING, WB_MMIO_READ, WB_NONE, WB_RDMSR, WB_SETUP, WB_WRMSR)
+from .exits import (FAST_IO, IO_HDR, MMIO_DATA_OFFSET, MSR_DATA_OFFSET, MSR_ERROR_OFFSET, TRANSLATE, U64, VALUE,
+                    WB_IO_IN, WB_IO_IN_STRING, WB_MMIO_READ, WB_NONE, WB_RDMSR, WB_SETUP, WB_WRMSR, _IO,
+                    _Q_IN, _Q_OUT, _UNION, _string_io)
 from .system import Kvm
 from .vcpu import VcpuFd
 
 _ioctl = fcntl.ioctl
 _KVM_RUN = k.KVM_RUN
+_KVM_EXIT_IO = s.KVM_EXIT_IO
+_IO_HDR_unpack = IO_HDR.unpack_from
 _get_ident = threading.get_ident
 
 #: the signal that kicks a vCPU thread out of KVM_RUN
@@ -262,8 +265,10 @@ class KvmVcpu(EngineVcpu):
         self.wb_offset = 0
         self.readonly_slots = False
         self.mtf = False
-        #: the thread id while it is inside KVM_RUN (None otherwise): whom kick() signals
+        #: the thread id while it is inside run() (None otherwise): whom kick() signals
         self._run_tid: int | None = None
+        #: the loop body run() calls per exit (set_inline_dispatcher), or None: run() returns each exit
+        self._dispatch: Callable[[VmExit], bool] | None = None
         #: exit_reason (offset 8) as a 32-bit word of kvm_run, read without ctypes on the hot path
         self._words = memoryview(self.mm).cast("I")
         self._kick_lock = threading.Lock()
@@ -297,45 +302,97 @@ class KvmVcpu(EngineVcpu):
             self.fd.set_cpuid2(engine.supported_cpuid_entries)
 
     # -- the hot path -------------------------------------------------------------
-    def run(self) -> VmExit:
+    def set_inline_dispatcher(self, dispatch: Callable[[VmExit], bool] | None) -> None:
+        """Take the loop body (:func:`smartvm_core.loop.make_inline_dispatcher`).
+
+        With a dispatcher, :meth:`run` hands each exit to ``dispatch`` itself
+        and enters the guest again while it returns ``True``; it returns
+        ``None`` when the loop must act (stop, pause, inject, re-arm the
+        timer). The exits, handlers and accounting are those of the loop; only
+        the trip back to the loop between two exits is saved.
+        """
+        self._dispatch = dispatch
+
+    def run(self) -> VmExit | None:
         """Enter the guest (``KVM_RUN``) and return the next exit in VMX terms.
 
-        ``fcntl.ioctl`` is called with no argument (the cheapest call) and
-        releases the GIL while the guest runs.
+        With an inline dispatcher (:meth:`set_inline_dispatcher`) it runs the
+        handlers of each exit itself and returns ``None`` once the dispatcher
+        says the loop must act. ``fcntl.ioctl`` is called with no argument
+        (the cheapest call) and releases the GIL while the guest runs. The
+        usual exit, a one-port I/O instruction, is translated here (as
+        :func:`.exits._io` does) without a further call.
         """
-        wb = self.writeback
-        if wb:
-            if wb == WB_IO_IN and self.exit.size == 1:   # the common answer: one byte of IN
-                self.writeback = WB_NONE
-                self.mm[self.wb_offset] = self.exit.value & 0xFF
-            else:
-                self._write_back()
-        if self._pre_entry:
-            e = self._pre_entry_exit()
-            if e is not None:
-                return e
-        valid = self._valid    # registers synced through kvm_run (0: none, nothing fresh or dirty either)
-        if valid:
-            self._fresh = 0
-            sent = self._dirty     # register writes KVM loads from kvm_run in this KVM_RUN
-            self._dirty = 0
+        dispatch = self._dispatch
+        mm = self.mm
+        e = self.exit
+        words = self._words
+        fd = self._fdno
         self._run_tid = _get_ident()
         try:
-            _ioctl(self._fdno, _KVM_RUN)
-        except OSError as e:
+            while True:
+                wb = self.writeback
+                if wb:
+                    if wb == WB_IO_IN and e.size == 1:   # the common answer: one byte of IN
+                        self.writeback = WB_NONE
+                        mm[self.wb_offset] = e.value & 0xFF
+                    else:
+                        self._write_back()
+                if self._pre_entry and self._pre_entry_exit() is not None:
+                    if dispatch is None:
+                        return e
+                    if dispatch(e):
+                        continue
+                    return None
+                valid = self._valid    # registers synced through kvm_run (0: none, nothing fresh or dirty)
+                if valid:
+                    self._fresh = 0
+                    sent = self._dirty     # register writes KVM loads from kvm_run in this KVM_RUN
+                    self._dirty = 0
+                try:
+                    _ioctl(fd, _KVM_RUN)
+                except OSError as err:
+                    if valid and sent:
+                        self._check_loaded(sent)
+                    self._run_failed(err)
+                else:
+                    if valid:
+                        self._fresh = valid
+                        if sent:
+                            self._check_loaded(sent)
+                        self._idle += 1
+                        if self._idle > SYNC_IDLE_EXITS:
+                            self._set_valid(0)
+                    code = words[2]
+                    if code == _KVM_EXIT_IO:
+                        direction, size, port, count, off = _IO_HDR_unpack(mm, _UNION)
+                        if count != 1:
+                            _string_io(self, direction, size, port, count, off)
+                        else:
+                            # After an I/O exit of the same kind every other field is still neutral.
+                            if e.fast_kind != FAST_IO:
+                                e.reset(_IO)
+                                e.fast_kind = FAST_IO
+                            e.port = port
+                            e.size = size
+                            if direction:  # KVM_EXIT_IO_OUT
+                                e.is_in = False
+                                e.value = mm[off] if size == 1 else VALUE[size].unpack_from(mm, off)[0]
+                                e.qualification = _Q_OUT[size] | port << 16
+                            else:
+                                e.is_in = True
+                                e.value = 0
+                                self.wb_offset = off
+                                self.writeback = WB_IO_IN
+                                e.qualification = _Q_IN[size] | port << 16
+                    else:
+                        TRANSLATE[code](self)   # every translator fills (and returns) self.exit
+                if dispatch is None:
+                    return e
+                if not dispatch(e):
+                    return None
+        finally:
             self._run_tid = None
-            if valid and sent:
-                self._check_loaded(sent)
-            return self._run_failed(e)
-        self._run_tid = None
-        if valid:
-            self._fresh = valid
-            if sent:
-                self._check_loaded(sent)
-            self._idle += 1
-            if self._idle > SYNC_IDLE_EXITS:
-                self._set_valid(0)
-        return TRANSLATE[self._words[2]](self)
 
     # -- registers through kvm_run (KVM_CAP_SYNC_REGS) ------------------------------
     def _set_valid(self, valid: int) -> None:

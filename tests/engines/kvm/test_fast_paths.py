@@ -47,3 +47,74 @@ def test_every_exit_of_a_mixed_sequence_is_clean(rig):
     assert kinds == [ExitReason.IO_INSTRUCTION, ExitReason.EPT_VIOLATION, ExitReason.HLT,
                      ExitReason.IO_INSTRUCTION]
 
+
+
+def _answer(e, answers, feed):
+    """The answers test_io_mmio_hlt_sequence gives, keyed by the exit."""
+    if e.reason == ExitReason.IO_INSTRUCTION and e.is_in:
+        if e.data is not None:
+            e.data[:] = bytes(next(feed) for _ in range(len(e.data)))
+        elif e.port == 0x91:
+            e.value = next(feed)
+        else:
+            e.value = next(answers)
+    elif e.reason == ExitReason.EPT_VIOLATION and not e.is_write:
+        e.value = next(answers)
+
+
+def _record(e) -> tuple:
+    return (ExitReason(e.reason), e.qualification, e.port, e.size, e.is_in, e.count, e.value,
+            None if e.data is None else bytes(e.data), e.guest_physical_address, e.is_write)
+
+
+def test_inline_dispatcher_sees_the_exits_run_returns(make_rig):
+    """run() with an inline dispatcher hands the handlers the same exits, and their answers reach the guest."""
+    def answers():
+        return iter([0x1A7, 0xDEADBEEF, 0x87654321, 0x5A]), iter(b"xyz")
+
+    plain = make_rig().load_real("kvm/exits16")
+    expected = []
+    ans, feed = answers()
+    while True:
+        e = plain.run()
+        expected.append(_record(e))
+        if e.reason == ExitReason.IO_INSTRUCTION and e.port == 0x82:
+            break
+        _answer(e, ans, feed)
+
+    rig = make_rig()
+    vcpu = rig.load_real("kvm/exits16")
+    got = []
+    ans, feed = answers()
+
+    def dispatch(e):
+        got.append(_record(e))
+        _answer(e, ans, feed)
+        return not (e.reason == ExitReason.IO_INSTRUCTION and e.port == 0x82)
+
+    vcpu.set_inline_dispatcher(dispatch)
+    assert vcpu.run() is None        # the dispatcher said "back to the loop" at port 0x82
+    assert got == expected
+    mem = rig.memory
+    assert (mem.read_u8(0x600), mem.read_u32(0x604), mem.read(0x610, 3)) == (0xA7, 0xDEADBEEF, b"xyz")
+    assert (mem.read_u32(0x608), mem.read_u8(0x60C)) == (0x87654321, 0x5A)
+
+
+def test_inline_dispatcher_returns_at_a_kick(rig):
+    """A kick while run() dispatches inline ends the run with EXTERNAL_INTERRUPT handed to the dispatcher."""
+    vcpu = rig.load_real("kvm/exits16")
+    reasons = []
+
+    def dispatch(e):
+        reasons.append(ExitReason(e.reason))
+        if len(reasons) == 1:
+            vcpu.kick()          # as another thread would: the next KVM_RUN returns at once
+            return True
+        return e.reason != ExitReason.EXTERNAL_INTERRUPT
+
+    vcpu.set_inline_dispatcher(dispatch)
+    assert vcpu.run() is None
+    assert reasons == [ExitReason.IO_INSTRUCTION, ExitReason.EXTERNAL_INTERRUPT]
+    vcpu.set_inline_dispatcher(None)
+    e = vcpu.run()                  # without a dispatcher run() returns each exit again
+    assert (e.reason, e.port, e.is_in) == (ExitReason.IO_INSTRUCTION, 0x81, True)
