@@ -264,8 +264,9 @@ def cmd_info(argv: Sequence[str]) -> int:
     data = {"smartvm": __version__, "python": sys.version.split()[0], "auto": auto, "engines": {}}
     for name, cls in engines.items():
         a = available[name]
+        details = {**a.details, **(cls.host_details() if a.usable else {})}
         data["engines"][name] = {"usable": a.usable, "accelerated": a.accelerated, "reason": a.reason,
-                                 "description": cls.description, "details": a.details,
+                                 "description": cls.description, "details": details,
                                  "capabilities": cls.capability_table()}
     if args.json:
         import json

@@ -248,6 +248,14 @@ class Engine(ABC):
         """VMX mechanism → ``"yes"`` or ``"no: why"``, printed by ``smartvm info``."""
         return {}
 
+    @classmethod
+    def host_details(cls) -> dict[str, Any]:
+        """Facts about this host that take a test VM to find (``smartvm info`` prints them).
+
+        Kept out of :meth:`probe`, which every ``smartvm run`` calls and which must stay cheap.
+        """
+        return {}
+
     def __init__(self, memory: GuestMemory, options: EngineOptions) -> None:
         self.memory = memory
         self.options = options

@@ -977,7 +977,6 @@ class KvmEngine(Engine):
                 "cpu_virtualization": flag,
                 "capabilities": {n: v for n, v in caps.items() if v},
                 "missing_capabilities": sorted(n for n, v in caps.items() if not v),
-                "v8086": cls.host_supports_v8086(kvm),
             }
             if not hw:
                 details["note"] = ("no vmx/svm in /proc/cpuinfo: this KVM is a software or nested one; "
@@ -988,6 +987,10 @@ class KvmEngine(Engine):
             return Availability(False, f"/dev/kvm opened but probing failed: {e}")
         finally:
             kvm.close()
+
+    @classmethod
+    def host_details(cls) -> dict[str, Any]:
+        return {"v8086": cls.host_supports_v8086()}
 
     @classmethod
     def host_supports_v8086(cls, kvm: Kvm | None = None) -> bool:
