@@ -68,7 +68,7 @@ from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID, UC
                      UC_HOOK_INSN_INVALID,
                      UC_HOOK_INTR, UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_UNMAPPED,
                      UC_HOOK_MEM_WRITE_PROT, UC_MEM_FETCH_UNMAPPED, UC_MODE_64, UC_PROT_READ,
-                     UC_PROT_WRITE, UC_QUERY_TIMEOUT, Uc, UcError)
+                     UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
 from unicorn.unicorn_py3.unicorn import uccallback, uclib
@@ -143,6 +143,77 @@ _SEG = struct.Struct("<IIQII")    # QEMU's SegmentCache: selector, (pad), base, 
 _CR5 = struct.Struct("<5Q")       # cr[0..4]
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+
+
+class _Watchdog:
+    """Stops a vCPU's emulation when its timer deadline passes.
+
+    unicorn's own ``emu_start(timeout=...)`` starts a thread and joins it on
+    every call, about 100 us each; this one thread serves every run of one
+    vCPU. It calls ``uc_emu_stop`` (as unicorn's timeout thread does) while an
+    emulation that began before the deadline is running, and again if that
+    emulation has not ended shortly after (a stop that raced with its start).
+    The CPU loop checks the deadline itself before each entry.
+    """
+
+    RETRY_S = 0.0005
+
+    def __init__(self, uch: ctypes.c_void_p) -> None:
+        self._uch = uch
+        self._cond = threading.Condition()
+        self._deadline: int | None = None
+        self._running = 0       # generation of the emulation running now (0: none)
+        self._gen = 0
+        self._idle = False      # the thread waits with no deadline to watch
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        #: the last emulation was stopped by the deadline
+        self.fired = False
+
+    def arm(self, deadline_ns: int) -> None:
+        """An emulation is about to start; stop it at ``deadline_ns`` (monotonic)."""
+        with self._cond:
+            self._gen += 1
+            self._running = self._gen
+            self.fired = False
+            earlier = self._deadline is None or deadline_ns < self._deadline
+            self._deadline = deadline_ns
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name="soft-timer", daemon=True)
+                self._thread.start()
+            elif earlier or self._idle:
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        self._running = 0
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _main(self) -> None:
+        cond = self._cond
+        with cond:
+            while not self._closed:
+                deadline, running = self._deadline, self._running
+                if deadline is None or not running:
+                    self._idle = True
+                    cond.wait()
+                    self._idle = False
+                    continue
+                left = deadline - time.monotonic_ns()
+                if left > 0:
+                    cond.wait(left / 1e9)
+                    continue
+                if self._running == running:
+                    self.fired = True
+                    _emu_stop(self._uch)
+                    cond.wait(self.RETRY_S)   # still the same run after this: the stop was lost, stop again
+                    if self._running != running:
+                        self._deadline = None if self._deadline == deadline else self._deadline
 
 
 class _PendingIo:
@@ -224,6 +295,8 @@ class SoftVcpu(EngineVcpu):
         self._fbuf_ref = ctypes.byref(self._fbuf)
         self._probe_cb = _HOOK_CODE_CFUNC(self._on_window_probe)
         self._no_progress = 0
+        #: stops the emulation at the timer deadline (VMX-preemption timer, device timers)
+        self._watchdog = _Watchdog(self._uch)
         self.msr_store: dict[int, int] = {}
         # helper thread for the no-dispatcher mode
         self._thread: threading.Thread | None = None
@@ -1369,23 +1442,25 @@ class SoftVcpu(EngineVcpu):
             # instruction at RIP runs first: it is the one in an STI/MOV SS shadow, if any)
             self._set_window_probe(window)
             self._probe_skip = True
-            timeout_us = 0
             deadline = self.timer_deadline_ns
             if deadline is not None:
-                left = deadline - time.monotonic_ns()
-                if left <= 0:
+                if deadline - time.monotonic_ns() <= 0:
                     if self._hand_out(self.exit.reset(ExitReason.VMX_PREEMPTION_TIMER_EXPIRED)):
                         return None
                     continue
-                timeout_us = max(1, left // 1000)
+                # not unicorn's emu_start timeout: it starts and joins a thread on every call (~100 us)
+                self._watchdog.arm(deadline)
             self._deferred = None
             error = None
             _reg_read(self._uch, _RIP, self._rbuf_ref)
             start = self._rbuf.value
             try:
-                uc.emu_start(start, UNTIL, timeout=timeout_us)
+                uc.emu_start(start, UNTIL)
             except UcError as exc:
                 error = exc
+            finally:
+                if deadline is not None:
+                    self._watchdog.disarm()
             if self._closed:
                 return None
             if self._rip_after_stop is not None:
@@ -1475,7 +1550,7 @@ class SoftVcpu(EngineVcpu):
                                       "(emulation returns before the instruction runs)")
                 continue
             self._no_progress = 0
-            if deadline is not None and uc.query(UC_QUERY_TIMEOUT):
+            if deadline is not None and self._watchdog.fired:
                 continue  # the timer check at the top reports it
             # unicorn returned on its own: after HLT (RIP is past it), or after it dropped a block
             # the guest wrote to (self-modifying code): only the first ends with an F4 byte
@@ -1803,6 +1878,7 @@ class SoftVcpu(EngineVcpu):
     def close(self) -> None:
         self._closed = True
         self.uc.emu_stop()
+        self._watchdog.close()
         if self._thread is not None:
             self._to_cpu.release()
         self._undo_listener()

@@ -192,3 +192,32 @@ def test_controls_a_handler_changes_during_an_inline_exit_apply_to_the_next_inst
     assert seen == [ExitReason.IO_INSTRUCTION, ExitReason.RDTSC]
     assert vcpu.get_regs().rip == out81 + 2
     engine.close()
+
+
+def test_timer_deadline_stops_a_guest_whose_exits_are_all_handled_inline():
+    """The deadline watchdog stops emulation that never returns on its own (every OUT is handled inside
+    unicorn's hook), and one watchdog thread serves all the entries of a vCPU."""
+    import threading
+    mem, engine, vcpu = make("exits16")
+    mem.write(0x1000, b"\xe6\x80\xeb\xfc")          # l: out 0x80, al ; jmp l
+    vcpu.invalidate_code()
+    outs = []
+    timer_exits = []
+
+    def dispatch(e):
+        if e.reason == ExitReason.IO_INSTRUCTION:
+            outs.append(e.port)
+            return True
+        timer_exits.append(e.reason)
+        return False   # the deadline: back to run()'s caller
+
+    vcpu.set_inline_dispatcher(dispatch)
+    for _ in range(3):
+        vcpu.set_timer_deadline(time.monotonic_ns() + 20_000_000)
+        vcpu.run()
+        assert vcpu.get_regs().rip in (0x1000, 0x1002)
+    assert timer_exits == [ExitReason.VMX_PREEMPTION_TIMER_EXPIRED] * 3
+    assert outs and set(outs) == {0x80}
+    assert sum(t.name == "soft-timer" for t in threading.enumerate()) == 1
+    engine.close()
+    assert not any(t.name == "soft-timer" and t.is_alive() for t in threading.enumerate())
