@@ -123,6 +123,7 @@ _ctx_restore.restype = ctypes.c_int
 _reg_write = ctypes.CDLL(uclib._name).uc_reg_write
 _reg_write.restype = ctypes.c_int
 _emu_stop = ctypes.CDLL(uclib._name).uc_emu_stop
+_emu_start = uclib.uc_emu_start   # the binding's prototyped function: (uc, begin, until, timeout, count)
 #: UC_HOOK_CODE's C signature, for a callback without the binding's wrappers (the window probe)
 _HOOK_CODE_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
 #: UC_HOOK_INSN for IN and OUT: (uc, port, size, user data) -> value; (uc, port, size, value, user data)
@@ -130,6 +131,7 @@ _HOOK_IN_CFUNC = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uin
 _HOOK_OUT_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
                                    ctypes.c_void_p)
 _FAST_IO = 1   # VmExit.fast_kind of the port-I/O fast path
+_FAST_EXC = 2  # ... and of exception-bitmap exits
 #: plain-int control bits for the CPU loop (IntFlag arithmetic costs about a microsecond)
 _WINDOW_EXITING = int(ProcBasedControls.INTERRUPT_WINDOW_EXITING)
 _HLT_EXITING = int(ProcBasedControls.HLT_EXITING)
@@ -262,6 +264,8 @@ class SoftVcpu(EngineVcpu):
         self._seg_cache: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._wbuf = ctypes.c_uint64()
         self._wbuf_ref = ctypes.byref(self._wbuf)
+        self._ripw = ctypes.c_uint64()
+        self._ripw_ref = ctypes.byref(self._ripw)
         for region in self.memory.regions:
             self._map(region)
         self._undo_listener = self.memory.add_listener(self._on_layout)
@@ -589,6 +593,15 @@ class SoftVcpu(EngineVcpu):
         bits = 64 if h & HF_CS64 else 32 if h & HF_CS32 else 16
         return bits, h & HF_CPL_MASK, bool(_U32.unpack_from(buf, self.lay.eflags)[0] & RFLAGS_VM)
 
+    def _rip(self) -> int:
+        """RIP, without the binding's register-class lookup (about 2 us per call through it)."""
+        _reg_read(self._uch, _RIP, self._rbuf_ref)
+        return self._rbuf.value
+
+    def _set_rip(self, value: int) -> None:
+        self._ripw.value = value & 0xFFFF_FFFF_FFFF_FFFF
+        _reg_write(self._uch, _RIP, self._ripw_ref)
+
     def _fresh(self) -> Any:
         """Refresh the preallocated context from the CPU; returns its buffer (offsets in ``self.lay``)."""
         _ctx_save(self._uch, self._ctx_handle)
@@ -610,7 +623,7 @@ class SoftVcpu(EngineVcpu):
         site = sites.decode(self._read_code(address), bits)
         if site is None:
             return
-        ip = uc.reg_read(_RIP)   # unicorn syncs RIP before a code hook
+        ip = self._rip()   # unicorn syncs RIP before a code hook
         try:
             e = self._site_exit(site, ip, bits, cpl, vm86, address)
         except delivery.DeliveryFault as f:
@@ -672,11 +685,11 @@ class SoftVcpu(EngineVcpu):
                     else:   # host-owned bits keep their value (SDM 27.3)
                         uc.reg_write(cr_id, (value & ~mask) | (uc.reg_read(cr_id) & mask))
                         self._after_cr_write()
-                        uc.reg_write(_RIP, rip + site.length)
+                        self._set_rip(rip + site.length)
                         return None
                 else:
                     uc.reg_write(reg_id, cr_read_value(mask, shadow, uc.reg_read(cr_id)) & width)
-                    uc.reg_write(_RIP, rip + site.length)
+                    self._set_rip(rip + site.length)
                     return None
             elif cr == 3:
                 if to:
@@ -697,7 +710,7 @@ class SoftVcpu(EngineVcpu):
             if clts_exits(mask, shadow):
                 e.reset(ExitReason.CR_ACCESS, 2 << 4)
             elif mask & _CR0_TS:
-                uc.reg_write(_RIP, rip + site.length)  # TS is the host's: CLTS leaves it alone
+                self._set_rip(rip + site.length)  # TS is the host's: CLTS leaves it alone
                 return None
             else:
                 return None
@@ -721,7 +734,7 @@ class SoftVcpu(EngineVcpu):
                 new = (cr0 & ~load) | (src & load) | (cr0 & CR0_PE)
                 uc.reg_write(X.UC_X86_REG_CR0, new)
                 self._after_cr_write()
-                uc.reg_write(_RIP, rip + site.length)
+                self._set_rip(rip + site.length)
                 return None
         elif kind == "invlpg":
             linear = self._effective_address(code_at, rip, site, bits)
@@ -810,7 +823,7 @@ class SoftVcpu(EngineVcpu):
     def _delivery_cpu(self) -> delivery.Cpu:
         uc = self.uc
         cr0, cr3, cr4, efer = self._crs()
-        return delivery.Cpu(self.memory, Blob(uc, self.lay), uc.reg_read(_RIP), uc.reg_read(X.UC_X86_REG_RSP),
+        return delivery.Cpu(self.memory, Blob(uc, self.lay), self._rip(), uc.reg_read(X.UC_X86_REG_RSP),
                             uc.reg_read(X.UC_X86_REG_EFLAGS), cr0, cr3, cr4, efer)
 
     # -- controls ---------------------------------------------------------------
@@ -881,7 +894,7 @@ class SoftVcpu(EngineVcpu):
             self.uc.emu_stop()
             return
         self._rip_override = None
-        self._drain_tb = self.uc.reg_read(_RIP)   # unicorn's RIP is the block start here
+        self._drain_tb = self._rip()   # unicorn's RIP is the block start here
         self._in_hook = True
         self._depth += 1
         try:
@@ -927,7 +940,7 @@ class SoftVcpu(EngineVcpu):
         if start is None:
             return False
         import capstone
-        rip = self.uc.reg_read(_RIP)
+        rip = self._rip()
         if not 0 < rip - start <= 4096:
             return False
         bits = self._cpu_state()[0]
@@ -1111,9 +1124,9 @@ class SoftVcpu(EngineVcpu):
             uc.context_restore(p.snapshot)
             p.snapshot = None
         if p.exit is None:          # the handler took over (moved RIP)
-            uc.reg_write(_RIP, p.rip)
+            self._set_rip(p.rip)
             return
-        if uc.reg_read(_RIP) != p.rip:
+        if self._rip() != p.rip:
             return                  # run()'s caller moved RIP: its state stands
         e = p.exit
         size = p.size
@@ -1126,7 +1139,7 @@ class SoftVcpu(EngineVcpu):
                 else:
                     rax = (rax & ~((1 << (8 * size)) - 1)) | value
                 uc.reg_write(_RAX, rax)
-            uc.reg_write(_RIP, p.rip + p.length)
+            self._set_rip(p.rip + p.length)
             return
         n = p.count
         if p.is_in and e.data is not None:
@@ -1144,7 +1157,7 @@ class SoftVcpu(EngineVcpu):
             left = ((rcx & p.addr_mask) - n) & p.addr_mask
             uc.reg_write(_RCX, (rcx & ~p.addr_mask) | left)
         if not left:
-            uc.reg_write(_RIP, p.rip + p.length)
+            self._set_rip(p.rip + p.length)
 
     def _raw_in(self, _uch: Any, port: int, size: int, _: Any) -> int:
         try:
@@ -1250,8 +1263,7 @@ class SoftVcpu(EngineVcpu):
                 return
         if kind != _SOFT_INTERRUPT and intno < 32 and exception_exits(
                 self._exc_bitmap, intno, error_code=error or 0, pfec_mask=self._pf_mask, pfec_match=self._pf_match):
-            e = self.exit.reset(ExitReason.EXCEPTION_NMI,
-                                uc.reg_read(X.UC_X86_REG_CR2) if intno == 14 else 0)
+            e = self._exception_exit(uc.reg_read(X.UC_X86_REG_CR2) if intno == 14 else 0)
             e.interruption_info = intno | kind << 8 | (1 << 11 if error is not None else 0) | 1 << 31
             e.interruption_error_code = error or 0
             e.instruction_length = length
@@ -1270,7 +1282,7 @@ class SoftVcpu(EngineVcpu):
         """A hardware exception of the guest's instruction at ``rip``: an exit if the bitmap says so, else delivered."""
         if exception_exits(self._exc_bitmap, vector, error_code=error or 0, pfec_mask=self._pf_mask,
                            pfec_match=self._pf_match):
-            e = self.exit.reset(ExitReason.EXCEPTION_NMI, self.uc.reg_read(X.UC_X86_REG_CR2) if vector == 14 else 0)
+            e = self._exception_exit(self.uc.reg_read(X.UC_X86_REG_CR2) if vector == 14 else 0)
             e.interruption_info = vector | _HW_EXCEPTION << 8 | (1 << 11 if error is not None else 0) | 1 << 31
             e.interruption_error_code = error or 0
             self._exit_rip = rip
@@ -1278,9 +1290,25 @@ class SoftVcpu(EngineVcpu):
             return
         self._raise(vector, error, False, rip)
 
+    def _exception_exit(self, qualification: int) -> VmExit:
+        """The exit object for an exception-bitmap exit; the caller sets interruption info, error code, length.
+
+        An exception exit after an exception exit skips the full reset (``fast_kind``): the
+        fields outside the ones set here are still neutral.
+        """
+        e = self.exit
+        if e.fast_kind != _FAST_EXC:
+            e.reset(ExitReason.EXCEPTION_NMI)
+            e.fast_kind = _FAST_EXC
+        e.qualification = qualification
+        e.instruction_length = 0
+        e.value = 0
+        e.data = None
+        return e
+
     def _on_invalid(self, uc: Uc, _: Any) -> bool:
         """#UD: unicorn reports invalid opcodes here, not through UC_HOOK_INTR; it stops (returns False)."""
-        rip = uc.reg_read(_RIP)
+        rip = self._rip()
         if self._draining:
             return False
         buf, lay = self._fresh(), self.lay
@@ -1389,7 +1417,7 @@ class SoftVcpu(EngineVcpu):
         if e is not None:
             self._pending_rdmsr = None
             if e.fault:
-                self._pending_fault = (13, 0, self._exit_rip if self._exit_rip is not None else self.uc.reg_read(_RIP))
+                self._pending_fault = (13, 0, self._exit_rip if self._exit_rip is not None else self._rip())
             elif e.reason == ExitReason.RDMSR:
                 self.uc.reg_write(_RAX, e.value & 0xFFFF_FFFF)
                 self.uc.reg_write(_RDX, (e.value >> 32) & 0xFFFF_FFFF)
@@ -1397,7 +1425,7 @@ class SoftVcpu(EngineVcpu):
         if f is not None:
             self._pending_fault = None
             vector, error, rip = f
-            self.uc.reg_write(_RIP, rip)
+            self._set_rip(rip)
             self._raise(vector, error if vector in (8, 10, 11, 12, 13, 14, 17) else None, False, rip)
 
     def _hand_out(self, e: VmExit) -> bool:
@@ -1455,7 +1483,13 @@ class SoftVcpu(EngineVcpu):
             _reg_read(self._uch, _RIP, self._rbuf_ref)
             start = self._rbuf.value
             try:
-                uc.emu_start(start, UNTIL)
+                # uc_emu_start without the binding's wrapper (its exception contract kept)
+                uc._hook_exception = None
+                status = _emu_start(self._uch, start, UNTIL, 0, 0)
+                if status:
+                    raise UcError(status)
+                if uc._hook_exception is not None:
+                    raise uc._hook_exception
             except UcError as exc:
                 error = exc
             finally:
@@ -1464,7 +1498,7 @@ class SoftVcpu(EngineVcpu):
             if self._closed:
                 return None
             if self._rip_after_stop is not None:
-                uc.reg_write(_RIP, self._rip_after_stop)
+                self._set_rip(self._rip_after_stop)
                 self._rip_after_stop = None
             rescanned = bool(self._retranslate)
             if rescanned:
@@ -1483,25 +1517,25 @@ class SoftVcpu(EngineVcpu):
                     uc.context_restore(self._pending_io.snapshot)   # back before the instruction
                     self._pending_io.snapshot = None
                 elif error is None and self._halted_while_draining():
-                    uc.reg_write(_RIP, uc.reg_read(_RIP) - 1)
+                    self._set_rip(self._rip() - 1)
                     if self._proc & _HLT_EXITING:
                         e = self.exit.reset(ExitReason.HLT)
                         e.instruction_length = 1
-                        self._exit_rip = uc.reg_read(_RIP)
+                        self._exit_rip = self._rip()
                         self._deferred = self._deferred or e
                     else:
-                        uc.reg_write(_RIP, uc.reg_read(_RIP) + 1)
+                        self._set_rip(self._rip() + 1)
                 error = None
             if self._guest_fault is not None and self._deferred is None:
                 vector, code, rip = self._guest_fault
                 self._guest_fault = None
-                uc.reg_write(_RIP, rip)
+                self._set_rip(rip)
                 self._exception(vector, code, rip)
                 continue   # an exit it made is handed out at the top
             if self._pending_event is not None:
                 vector, code, software, rip, ret = self._pending_event
                 self._pending_event = None
-                uc.reg_write(_RIP, rip)
+                self._set_rip(rip)
                 if self._deferred is None:
                     self._raise(vector, code, software, ret)
                     continue   # a triple fault it made is handed out at the top
@@ -1532,7 +1566,7 @@ class SoftVcpu(EngineVcpu):
                 if error.errno == UC_ERR_FETCH_UNMAPPED:
                     continue
                 raise EngineError(f"soft engine: unicorn stopped at RIP "
-                                  f"{uc.reg_read(_RIP):#x}: {error}")
+                                  f"{self._rip():#x}: {error}")
             probed, self._probe_stopped = self._probe_stopped, False
             if drained:
                 if self._leave_now():
@@ -1542,7 +1576,7 @@ class SoftVcpu(EngineVcpu):
                 return None
             if self._entry_pending or self._kicked or rescanned or probed:
                 continue
-            if uc.reg_read(_RIP) == start:
+            if self._rip() == start:
                 # stopped before the first instruction (a page was scanned)
                 self._no_progress += 1
                 if self._no_progress > 10000:
@@ -1554,13 +1588,13 @@ class SoftVcpu(EngineVcpu):
                 continue  # the timer check at the top reports it
             # unicorn returned on its own: after HLT (RIP is past it), or after it dropped a block
             # the guest wrote to (self-modifying code): only the first ends with an F4 byte
-            if self._read_code(self._linear(uc.reg_read(_RIP) - 1), 1) != b"\xf4":
+            if self._read_code(self._linear(self._rip() - 1), 1) != b"\xf4":
                 continue
             if self._proc & _HLT_EXITING:
-                uc.reg_write(_RIP, uc.reg_read(_RIP) - 1)
+                self._set_rip(self._rip() - 1)
                 e = self.exit.reset(ExitReason.HLT)
                 e.instruction_length = 1
-                self._exit_rip = uc.reg_read(_RIP)
+                self._exit_rip = self._rip()
                 if self._hand_out(e):
                     return None
 
@@ -1604,7 +1638,7 @@ class SoftVcpu(EngineVcpu):
         try:
             self._probe_skip = True
             uc.ctl_flush_tb()   # unicorn compiles its instruction counter into blocks translated from now on
-            uc.emu_start(uc.reg_read(_RIP), UNTIL, count=1)
+            uc.emu_start(self._rip(), UNTIL, count=1)
         except UcError as exc:
             error = exc
         finally:
@@ -1667,9 +1701,9 @@ class SoftVcpu(EngineVcpu):
             return  # completed by the engine
         length = self.exit.instruction_length
         if self._exit_rip is not None and length:
-            self.uc.reg_write(_RIP, self._exit_rip + length)
+            self._set_rip(self._exit_rip + length)
         elif length:
-            self.uc.reg_write(_RIP, self.uc.reg_read(_RIP) + length)
+            self._set_rip(self._rip() + length)
 
     def inject_event(self, event: EventInjection) -> None:
         self.vmcs.inject(event)
