@@ -59,16 +59,14 @@ from ..base import Availability, Engine, EngineOptions, EngineVcpu, VmxBitmaps
 from . import ioctls as k
 from . import structs as s
 from .errors import KvmError, KvmMissingCapability, KvmUnavailable
-from .exits import (FAST_IO, IO_HDR, MMIO_DATA_OFFSET, MSR_DATA_OFFSET, MSR_ERROR_OFFSET, TRANSLATE, U64, VALUE,
-                    WB_IO_IN, WB_IO_IN_STRING, WB_MMIO_READ, WB_NONE, WB_RDMSR, WB_SETUP, WB_WRMSR, _IO,
-                    _Q_IN, _Q_OUT, _UNION, _string_io)
+from .exits import (MMIO_DATA_OFFSET, MSR_DATA_OFFSET, MSR_ERROR_OFFSET, TRANSLATE, U64, VALUE,
+                    WB_IO_IN, WB_IO_IN_STRING, WB_MMIO_READ, WB_NONE, WB_RDMSR, WB_SETUP, WB_WRMSR, _io)
 from .system import Kvm
 from .vcpu import VcpuFd
 
 _ioctl = fcntl.ioctl
 _KVM_RUN = k.KVM_RUN
 _KVM_EXIT_IO = s.KVM_EXIT_IO
-_IO_HDR_unpack = IO_HDR.unpack_from
 _get_ident = threading.get_ident
 
 #: the signal that kicks a vCPU thread out of KVM_RUN
@@ -320,8 +318,8 @@ class KvmVcpu(EngineVcpu):
         handlers of each exit itself and returns ``None`` once the dispatcher
         says the loop must act. ``fcntl.ioctl`` is called with no argument
         (the cheapest call) and releases the GIL while the guest runs. The
-        usual exit, a one-port I/O instruction, is translated here (as
-        :func:`.exits._io` does) without a further call.
+        usual exit, a one-port I/O instruction, goes straight to
+        :func:`.exits._io` without the translation table.
         """
         dispatch = self._dispatch
         mm = self.mm
@@ -365,26 +363,7 @@ class KvmVcpu(EngineVcpu):
                             self._set_valid(0)
                     code = words[2]
                     if code == _KVM_EXIT_IO:
-                        direction, size, port, count, off = _IO_HDR_unpack(mm, _UNION)
-                        if count != 1:
-                            _string_io(self, direction, size, port, count, off)
-                        else:
-                            # After an I/O exit of the same kind every other field is still neutral.
-                            if e.fast_kind != FAST_IO:
-                                e.reset(_IO)
-                                e.fast_kind = FAST_IO
-                            e.port = port
-                            e.size = size
-                            if direction:  # KVM_EXIT_IO_OUT
-                                e.is_in = False
-                                e.value = mm[off] if size == 1 else VALUE[size].unpack_from(mm, off)[0]
-                                e.qualification = _Q_OUT[size] | port << 16
-                            else:
-                                e.is_in = True
-                                e.value = 0
-                                self.wb_offset = off
-                                self.writeback = WB_IO_IN
-                                e.qualification = _Q_IN[size] | port << 16
+                        _io(self)
                     else:
                         TRANSLATE[code](self)   # every translator fills (and returns) self.exit
                 if dispatch is None:
