@@ -15,7 +15,8 @@ instruction on the normal path:
   rescans the page. A site hook runs before its instruction, so these exits
   are exact: the instruction has not executed, RIP points at it, and the
   handler emulates it and calls :meth:`SoftVcpu.skip_instruction`;
-* the emulation timeout (VMX-preemption timer) and, only while an interrupt
+* the timer deadline (VMX-preemption timer, device timers), where one
+  watchdog thread per vCPU stops the emulation, and, only while an interrupt
   window is awaited, a code hook on every instruction that stops before the
   first one starting with IF set.
 
