@@ -9,9 +9,9 @@ not fit the machine is refused with :class:`SnapshotError` naming the part.
 
 from __future__ import annotations
 
-import base64
-import json
-import zipfile
+# base64, json and zipfile are imported by the functions that write and read
+# snapshot files, not here: every run imports this module (``Machine.mark_loaded``
+# keeps the loaded state for reset), and most never touch a snapshot file.
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ def to_plain(value: Any) -> Any:
     if attrs.has(type(value)):
         return {k: to_plain(v) for k, v in attrs.asdict(value, recurse=False).items()}
     if isinstance(value, (bytes, bytearray, memoryview)):
+        import base64
         return {"__bytes__": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, dict):
         return {str(k): to_plain(v) for k, v in value.items()}
@@ -42,6 +43,7 @@ def to_plain(value: Any) -> Any:
 def from_plain(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"__bytes__"}:
+            import base64
             return base64.b64decode(value["__bytes__"])
         return {k: from_plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -96,6 +98,8 @@ def restore_cpu_and_devices(machine: "Machine", state: dict[str, Any]) -> None:
 
 def save_snapshot(machine: "Machine", path: Path) -> None:
     """Write the machine (paused or stopped) to ``path``."""
+    import json
+    import zipfile
     if machine.state == "running":
         raise SnapshotError("pause the machine before taking a snapshot")
     backings: list[Any] = []
@@ -128,6 +132,8 @@ def save_snapshot(machine: "Machine", path: Path) -> None:
 
 def load_snapshot(machine: "Machine", path: Path) -> None:
     """Restore a snapshot into a machine built from the same experiment."""
+    import json
+    import zipfile
     try:
         z = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as e:

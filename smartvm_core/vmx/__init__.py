@@ -34,25 +34,45 @@ from .exit_reasons import (
 )
 from .qualifications import (
     GPR_NAMES,
-    CrAccessQualification,
-    CrAccessType,
     EntryInterruptionInfo,
-    EptViolationQualification,
     EventInjection,
-    ExitInterruptionInfo,
     Gpr,
-    IdtVectoringInfo,
     InterruptionInfo,
     InterruptionType,
-    IoQualification,
-    MovDrQualification,
-    TaskSwitchQualification,
-    TaskSwitchSource,
     decode_qualification,
     format_qualification,
 )
 from .vectors import EXCEPTION_CLASS, EXCEPTION_NAMES, HAS_ERROR_CODE, ExceptionClass, Vector
 from .vmcs import Vmcs, VmcsField, field_bits, field_type, field_width, is_high_access
+
+#: the decoders of the VM-exit information fields, defined in :mod:`.exit_info`
+#: and imported on first use (PEP 562): building their classes is start-up time a
+#: run that never decodes what an exit reports does not need
+_LAZY = frozenset({
+    "CrAccessQualification",
+    "CrAccessType",
+    "EptViolationQualification",
+    "ExitInterruptionInfo",
+    "IdtVectoringInfo",
+    "IoQualification",
+    "MovDrQualification",
+    "TaskSwitchQualification",
+    "TaskSwitchSource",
+})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from . import exit_info
+        value = getattr(exit_info, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "EXCEPTION_CLASS",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .controls import (
     EntryControls,
@@ -33,12 +33,10 @@ from .controls import (
     ProcBasedControls2,
 )
 from .exit_reasons import ExitReason, ExitReasonFlag, decode_exit_reason_field
-from .qualifications import (
-    EntryInterruptionInfo,
-    EventInjection,
-    ExitInterruptionInfo,
-    IdtVectoringInfo,
-)
+from .qualifications import EntryInterruptionInfo, EventInjection
+
+if TYPE_CHECKING:
+    from .exit_info import ExitInterruptionInfo, IdtVectoringInfo
 
 __all__ = [
     "FieldType",
@@ -466,11 +464,13 @@ class Vmcs:
     @property
     def exit_interruption_info(self) -> ExitInterruptionInfo:
         """VM_EXIT_INTR_INFO, decoded."""
+        from .exit_info import ExitInterruptionInfo
         return ExitInterruptionInfo.decode(self.read(VmcsField.VM_EXIT_INTR_INFO), strict=False)
 
     @property
     def idt_vectoring_info(self) -> IdtVectoringInfo:
         """IDT_VECTORING_INFO_FIELD, decoded."""
+        from .exit_info import IdtVectoringInfo
         return IdtVectoringInfo.decode(self.read(VmcsField.IDT_VECTORING_INFO_FIELD), strict=False)
 
     @property

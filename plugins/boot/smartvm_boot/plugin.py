@@ -15,30 +15,85 @@ and hands it to that format's loader. Detection order, first match wins:
 
 An image nothing recognises is left to other plugins (``None``); the core
 then refuses it. A recognised but malformed image raises ImageError.
+
+Each loader module is imported the first time it is needed (its ``probe`` or
+its ``load``), not when the plugin is: a run that names its format (``format =
+"bios"``) imports that loader only, and detection stops importing at the first
+format that matches. ``LOADERS[name]`` and ``smartvm_boot.plugin.bzimage``
+(etc.) still give the modules.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from collections.abc import Iterator, MutableMapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from smartvm_core import hookimpl
 from smartvm_core.images import ImageSpec, LoadResult
 
 from .layout import fail
-from .loaders import bios, bootsector, bzimage, com, elf, flat, multiboot
 
 if TYPE_CHECKING:
     from smartvm_core.machine import Machine
 
-LOADERS = {
-    "bzimage": bzimage,
-    "multiboot": multiboot,
-    "elf": elf,
-    "bios": bios,
-    "com": com,
-    "bootsector": bootsector,
-    "flat": flat,
-}
+
+class _LoaderTable(MutableMapping[str, Any]):
+    """Format name → loader module, each module imported on first lookup.
+
+    A dict for every purpose a caller has (``in``, iteration in insertion
+    order, ``[name]``, adding or replacing a loader); a value given as a
+    string is the dotted name of the module, imported when first asked for.
+    """
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self._entries: dict[str, Any] = dict(names)
+
+    def __getitem__(self, name: str) -> Any:
+        value = self._entries[name]
+        if isinstance(value, str):
+            value = self._entries[name] = importlib.import_module(value)
+        return value
+
+    def __setitem__(self, name: str, loader: Any) -> None:
+        self._entries[name] = loader
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"LOADERS({', '.join(self._entries)})"
+
+
+LOADERS: MutableMapping[str, Any] = _LoaderTable({
+    "bzimage": "smartvm_boot.loaders.bzimage",
+    "multiboot": "smartvm_boot.loaders.multiboot",
+    "elf": "smartvm_boot.loaders.elf",
+    "bios": "smartvm_boot.loaders.bios",
+    "com": "smartvm_boot.loaders.com",
+    "bootsector": "smartvm_boot.loaders.bootsector",
+    "flat": "smartvm_boot.loaders.flat",
+})
+_LOADER_MODULES = ("bios", "bootsector", "bzimage", "com", "elf", "flat", "multiboot")
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``smartvm_boot.plugin.bzimage`` (etc.): the loader module, imported on first use."""
+    if name in _LOADER_MODULES:
+        module = importlib.import_module(f"smartvm_boot.loaders.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 DETECTION_ORDER = ("bzimage", "multiboot", "elf", "bios", "com", "bootsector")
 
 

@@ -11,7 +11,6 @@ restricts (MMIO, ROM) are left to the core.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -20,7 +19,6 @@ import attrs
 from smartvm_core.engines.base import EPT_ALL, EPT_EXEC, EPT_READ, EPT_WRITE
 from smartvm_core.errors import SnapshotError
 from smartvm_core.memory import PAGE_SIZE
-from smartvm_core.vmx import EptViolationQualification
 
 from .protect import PageProtector
 
@@ -71,6 +69,8 @@ class EptAccess:
 
     @classmethod
     def decode(cls, vcpu: "EngineVcpu", exit: "VmExit") -> "EptAccess":
+        # imported on the first violation a policy sees, not at start-up
+        from smartvm_core.vmx.exit_info import EptViolationQualification
         q = EptViolationQualification.decode(exit.qualification & EptViolationQualification.DEFINED_MASK)
         access = "fetch" if q.fetch else "write" if (q.write or exit.is_write) else "read"
         allowed = (EPT_READ if q.readable else 0) | (EPT_WRITE if q.writable else 0) | (EPT_EXEC if q.executable else 0)
@@ -242,6 +242,7 @@ class EptPolicy:
     def flush_trace(self) -> None:
         if self.trace_path is None or self._trace_written >= len(self.trace_events):
             return
+        import json  # only a traced run writes JSON lines: not a start-up import
         with open(self.trace_path, "a") as f:
             for ev in self.trace_events[self._trace_written:]:
                 f.write(json.dumps(ev) + "\n")

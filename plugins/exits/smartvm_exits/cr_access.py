@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from smartvm_core.cpu import (CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR0_TS, CR4_PAE, EFER_LMA,
                               EFER_LME, GPR_NAMES, cpu_mode)
-from smartvm_core.vmx import CrAccessQualification, CrAccessType, Vector, VmcsField, cr_read_value
+from smartvm_core.vmx import Vector, VmcsField, cr_read_value
 
 from .cache import inject_exception
 
@@ -58,6 +58,9 @@ class CrAccessHandler:
         self.counts[what] = self.counts.get(what, 0) + 1
 
     def handle_cr_access(self, vcpu: "EngineVcpu", exit: "VmExit") -> bool:
+        # imported here, not at start-up: a run whose guest never makes a CR-access
+        # exit (any run on kvm) does not build the decoder classes
+        from smartvm_core.vmx.exit_info import CrAccessQualification, CrAccessType
         try:
             q = CrAccessQualification.decode(exit.qualification, strict=False)
         except ValueError:
