@@ -14,6 +14,7 @@ SDM says, or refuses them up front through :meth:`Engine.unsupported_controls`.
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar
 
@@ -30,6 +31,9 @@ EPT_READ = 1
 EPT_WRITE = 2
 EPT_EXEC = 4
 EPT_ALL = EPT_READ | EPT_WRITE | EPT_EXEC
+
+#: a :class:`Registers` as a tuple of its 18 fields, in field order (for get_regs_selectors_cr0)
+_REGISTER_FIELDS = operator.attrgetter(*attrs.fields_dict(Registers))
 
 
 @attrs.define(frozen=True)
@@ -165,6 +169,19 @@ class EngineVcpu(ABC):
     def get_cr0(self) -> int:
         """CR0: a cheap subset of :meth:`get_sregs` (engines override it when they can)."""
         return self.get_sregs().cr0
+
+    def get_regs_selectors_cr0(self) -> tuple[int, ...]:
+        """:meth:`get_regs`, :meth:`get_segment_selectors` and :meth:`get_cr0` in one call, as 25 numbers.
+
+        The 18 :class:`Registers` fields in their order (``rax`` .. ``r15``,
+        ``rip``, ``rflags``), then the CS, DS, ES, FS, GS and SS selectors
+        (:class:`SpecialRegisters`' field order, *not* that of
+        :meth:`get_segment_selectors`), then CR0; no ``Registers`` is built.
+        For hot exit handlers that need all three (the v8086 monitor's
+        real-mode doorbell); engines that can read them at once override it.
+        """
+        es, cs, ss, ds, fs, gs = self.get_segment_selectors()
+        return (*_REGISTER_FIELDS(self.get_regs()), cs, ds, es, fs, gs, ss, self.get_cr0())
 
     def get_reg(self, name: str) -> int:
         """One field of :class:`Registers` (``rax`` .. ``r15``, ``rip``, ``rflags``): a cheap subset of

@@ -50,6 +50,8 @@ _RM_STUBS = layout.BIOS_BASE + layout.RM_STUB_OFFSET
 _RM_STUBS_END = 256 * layout.RM_STUB_SIZE
 #: the program's EFLAGS bits a real-mode doorbell keeps (IF is the real one on that route)
 _RM_KEEP = ~(FLAG_VIF | FLAG_VIP | FLAG_VM | FLAG_RF) & 0xFFFFFFFF
+#: the same, less FLAGS (the low 16 bits come from the INT frame)
+_RM_KEEP_HIGH = _RM_KEEP & ~0xFFFF
 #: serve()'s int_ip when the INT's address is looked up only if needed
 _INT_IP_UNKNOWN = -1
 _GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi")
@@ -405,38 +407,60 @@ class Monitor:
 
         The monitor's hot path on the ``real-mode`` route, registered for that port alone.
 
-        Only what the doorbell needs is read (registers, selectors, CR0),
-        and only what the service changed is written back: the INT frame
-        only if it differs, registers only if they changed, segment
-        registers only if a service loaded one.
+        Only what the doorbell needs is read (registers, selectors and CR0
+        in one :meth:`~smartvm_core.engines.base.EngineVcpu.get_regs_selectors_cr0`
+        call), and only what the service changed is written back: the INT
+        frame only if it differs, registers only if they changed, segment
+        registers only if a service loaded one. The frame read and the
+        service lookup are :meth:`ProgramMemory.read` 's and
+        :meth:`ServiceTable.lookup` 's fast paths inline; anything else
+        (a frame across the 64-KiB wrap or outside the RAM region last used,
+        a (vector, AH) not looked up before) takes the general ones
+        (``test_monitor.py`` compares both).
         """
         if not self.active or exit.is_in or vcpu.index != 0 or exit.port != self.rm_port:
             return False
         vcpu.skip_instruction()
         try:
-            regs = vcpu.get_regs()
-            es, cs, ss, ds, fs, gs = vcpu.get_segment_selectors()
-            if vcpu.get_cr0() & CR0_PE:
-                if regs.rflags & FLAG_VM:
-                    return self._v86_doorbell_exit(vcpu, regs, vcpu.get_sregs())
+            (rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8, r9, r10, r11, r12, r13, r14, r15, rip, rflags,
+             cs, ds, es, fs, gs, ss, cr0) = vcpu.get_regs_selectors_cr0()
+            if cr0 & CR0_PE:
+                if rflags & FLAG_VM:
+                    return self._v86_doorbell_exit(vcpu, vcpu.get_regs(), vcpu.get_sregs())
                 return False  # a doorbell from protected-mode code: not the monitor's any more
-            ip = regs.rip & 0xFFFF
+            ip = rip & 0xFFFF
             # engines differ in whether RIP is already past the OUT (KVM) or still on it (soft, in its hook)
             rel = (cs << 4) + ip - _RM_STUBS
             if not 0 <= rel < _RM_STUBS_END or rel & 1:
                 return False
-            rax, rcx, rdx, rbx, rsp = regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp
-            rbp, rsi, rdi, rflags = regs.rbp, regs.rsi, regs.rdi, regs.rflags
+            vector = rel >> 2
             # what rm_doorbell() does, on the state the INT saw (its frame is on the stack)
             sp = rsp & 0xFFFF
             mem = self.memory
-            frame = mem.read((ss << 4) + sp, 6) if sp <= 0xFFFA else self._read_frame(ss, sp)
-            gpr = [rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF, rdx & 0xFFFFFFFF, rbx & 0xFFFFFFFF,
-                   (rsp & 0xFFFF0000) | ((sp + 6) & 0xFFFF), rbp & 0xFFFFFFFF, rsi & 0xFFFFFFFF, rdi & 0xFFFFFFFF]
-            state = ProgramState.of(gpr, frame & 0xFFFF, (rflags & _RM_KEEP & ~0xFFFF) | (frame >> 32 & ~0x8028), es,
-                                    frame >> 16 & 0xFFFF, ss, ds, fs, gs, self.vme, self.iopl)
-            state.cr0, state.gdtr, state.idtr = self._cr0, self._gdtr, self._idtr
-            action = self.serve(state, rel >> 2, _INT_IP_UNKNOWN)
+            # the frame: ProgramMemory.read()'s fast path (the RAM region it last used), inline
+            addr = ((ss << 4) + sp) & mem._mask
+            start, end, view = mem._hot
+            if start <= addr and addr + 6 <= end and sp <= 0xFFFA:
+                frame = int.from_bytes(view[addr - start:addr - start + 6], "little")  # type: ignore[index]
+            else:
+                frame = self._read_frame(ss, sp)
+            before = [rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF, rdx & 0xFFFFFFFF, rbx & 0xFFFFFFFF, rsp & 0xFFFFFFFF,
+                      rbp & 0xFFFFFFFF, rsi & 0xFFFFFFFF, rdi & 0xFFFFFFFF]
+            gpr = before[:]
+            gpr[ESP] = (rsp & 0xFFFF0000) | ((sp + 6) & 0xFFFF)
+            int_cs, int_ip = frame >> 16 & 0xFFFF, frame & 0xFFFF
+            state = ProgramState.of(gpr, int_ip, (rflags & _RM_KEEP_HIGH) | (frame >> 32 & ~0x8028), es, int_cs, ss,
+                                    ds, fs, gs, self.vme, self.iopl, self._cr0, self._gdtr, self._idtr)
+            # serve(), with ServiceTable.lookup()'s cache read inline; a first (vector, AH) takes serve() itself
+            found = self.services._found.get(vector << 8 | (rax >> 8 & 0xFF))
+            if found is not None and found[0] is not None:
+                call = ServiceCall(vector, state, mem, self.machine, self, found[1])
+                found[0](call)
+                self.service_counts[call.name] += 1
+                action = self._served(call, vector, int_cs, int_ip, _INT_IP_UNKNOWN, 0) \
+                    if call.halted or call.chained else None
+            else:
+                action = self.serve(state, vector, _INT_IP_UNKNOWN)
             # the frame the stub's IRET pops: written only if the service changed it (or moved the stack)
             new_sp = (gpr[ESP] - 6) & 0xFFFF
             gpr[ESP] = (gpr[ESP] & ~0xFFFF) | new_sp
@@ -446,18 +470,12 @@ class Monitor:
                 self._put_frame(state.ss, new_sp, new_frame)
             # the stub's IRET resumes at the CS:IP in the frame: RIP stays on the IRET
             new_flags = (rflags & ~0xFFFF) | (state.eflags & 0xFDFF) | (rflags & FLAG_IF)
-            if gpr[EAX] != rax or gpr[ECX] != rcx or gpr[EDX] != rdx or gpr[EBX] != rbx or gpr[ESP] != rsp \
-                    or gpr[EBP] != rbp or gpr[ESI] != rsi or gpr[EDI] != rdi or new_flags != rflags:
-                regs.rax = (rax & ~0xFFFFFFFF) | gpr[EAX]
-                regs.rcx = (rcx & ~0xFFFFFFFF) | gpr[ECX]
-                regs.rdx = (rdx & ~0xFFFFFFFF) | gpr[EDX]
-                regs.rbx = (rbx & ~0xFFFFFFFF) | gpr[EBX]
-                regs.rsp = (rsp & ~0xFFFFFFFF) | gpr[ESP]
-                regs.rbp = (rbp & ~0xFFFFFFFF) | gpr[EBP]
-                regs.rsi = (rsi & ~0xFFFFFFFF) | gpr[ESI]
-                regs.rdi = (rdi & ~0xFFFFFFFF) | gpr[EDI]
-                regs.rflags = new_flags
-                vcpu.set_regs(regs)
+            if gpr != before or new_flags != rflags:
+                vcpu.set_regs(Registers(
+                    (rax & ~0xFFFFFFFF) | gpr[EAX], (rbx & ~0xFFFFFFFF) | gpr[EBX], (rcx & ~0xFFFFFFFF) | gpr[ECX],
+                    (rdx & ~0xFFFFFFFF) | gpr[EDX], (rsi & ~0xFFFFFFFF) | gpr[ESI], (rdi & ~0xFFFFFFFF) | gpr[EDI],
+                    (rsp & ~0xFFFFFFFF) | gpr[ESP], (rbp & ~0xFFFFFFFF) | gpr[EBP],
+                    r8, r9, r10, r11, r12, r13, r14, r15, rip, new_flags))
             if state.segs_dirty:
                 sregs = vcpu.get_sregs()
                 for name in ("es", "ds", "fs", "gs", "ss"):
@@ -573,6 +591,15 @@ class Monitor:
             call = ServiceCall(vector, state, self.memory, self.machine, self, f"{key} (no service)")
             self._no_service(call, int_ip)
         self.service_counts[call.name] += 1
+        return self._served(call, vector, at_cs, at_ip, int_ip, depth)
+
+    def _served(self, call: ServiceCall, vector: int, at_cs: int, at_ip: int, int_ip: int | None,
+                depth: int) -> str | None:
+        """serve() after the service ran on ``call``: a wait for input, or the interrupts it chained.
+
+        ``at_cs:at_ip`` is where the program returns to past the INT.
+        """
+        state = call.state
         if call.halted:
             if int_ip == _INT_IP_UNKNOWN:
                 int_ip = self._int_ip(at_cs, at_ip, vector)

@@ -47,6 +47,9 @@ FLAG_VIP = 1 << 20
 FLAG_ID = 1 << 21
 
 
+_new = object.__new__
+
+
 class ProgramState:
     """Registers of the 8086 program (32-bit GPRs, as a 386 in virtual-8086 mode has)."""
 
@@ -75,22 +78,30 @@ class ProgramState:
 
     @classmethod
     def of(cls, gpr: list[int], eip: int, eflags: int, es: int, cs: int, ss: int, ds: int, fs: int, gs: int,
-           vme: bool, iopl: int) -> "ProgramState":
+           vme: bool, iopl: int, cr0: int = 0x10, gdtr: tuple[int, int] | None = None,
+           idtr: tuple[int, int] | None = None) -> "ProgramState":
         """The same as the keyword constructor, without its defaults (the monitor's hot path).
 
-        ``gpr`` is taken, not copied; values must already be in range.
+        ``gpr`` is taken, not copied; values must already be in range. ``cr0``,
+        ``gdtr`` and ``idtr`` are what the program last loaded (the constructor
+        leaves the defaults, for the caller to set).
         """
-        state = cls.__new__(cls)
+        state = _new(cls)
         state.gpr = gpr
         state.eip = eip
         state.eflags = eflags | FLAG_FIXED
-        state.es, state.cs, state.ss, state.ds, state.fs, state.gs = es, cs, ss, ds, fs, gs
+        state.es = es
+        state.cs = cs
+        state.ss = ss
+        state.ds = ds
+        state.fs = fs
+        state.gs = gs
         state.segs_dirty = False
         state.vme = vme
         state.pvi_iopl = iopl
-        state.cr0 = 0x10
-        state.gdtr = None
-        state.idtr = None
+        state.cr0 = cr0
+        state.gdtr = gdtr
+        state.idtr = idtr
         return state
 
     # -- registers by name --------------------------------------------------------

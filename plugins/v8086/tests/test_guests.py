@@ -155,3 +155,41 @@ def test_ud_reaches_the_programs_handler_or_stops_naming_it(engine_route, handle
         assert r.stop.kind == "error"
         assert "#UD (invalid opcode) (vector 6) at 1000:010a [0f 0b: ud2], and the program's IVT has no handler" \
             in r.stop.detail
+
+
+def test_the_doorbell_reads_registers_selectors_and_cr0_as_the_separate_accessors_give_them(engine_route):
+    """get_regs_selectors_cr0(), which the real-mode doorbell reads, against get_regs/get_segment_selectors/get_cr0."""
+    import attrs
+    from smartvm_core import hookimpl
+    from smartvm_core.engines.base import EngineVcpu
+    from smartvm_core.testing import make_machine
+    from smartvm_core.vmx import ExitReason
+    from build import build_guest
+    from v8086_guests import plugins
+    engine, route = engine_route
+    if route != "real-mode":
+        pytest.skip("the real-mode doorbell only")
+    seen = []
+
+    class Probe:
+        @hookimpl
+        def register_exit_handlers(self, register, machine):
+            def probe(vcpu, exit):
+                together = vcpu.get_regs_selectors_cr0()
+                es, cs, ss, ds, fs, gs = vcpu.get_segment_selectors()
+                apart = (*attrs.astuple(vcpu.get_regs()), cs, ds, es, fs, gs, ss, vcpu.get_cr0())
+                seen.append((together, apart, EngineVcpu.get_regs_selectors_cr0(vcpu)))
+                return False
+            register(ExitReason.IO_INSTRUCTION, probe, name="probe", ports=[0xEE], priority=100)
+
+    image = build_guest("v8086/int_loop", defines={"COUNT": 20})
+    m = make_machine({"machine": {"engine": engine, "memory": "1M"}, "image": [{"path": str(image), "format": "com"}],
+                      "v8086": {"route": route}}, entry_points=False, plugins=[*plugins(), ("probe", Probe())])
+    try:
+        stop = m.run()
+    finally:
+        m.close()
+    assert stop.kind == "exit-code" and stop.exit_code == 0
+    assert len(seen) >= 20
+    for together, apart, default in seen:
+        assert together == apart == default and len(together) == 25

@@ -8,6 +8,7 @@ import pytest
 from smartvm_core.arch.modes import real_mode_state
 from smartvm_core.cpu import Registers
 from smartvm_core.memory import GuestMemory
+from smartvm_v8086.layout import rm_stub_address
 from smartvm_v8086.monitor import _INT_IP_UNKNOWN, Monitor, MonitorStop
 from smartvm_v8086.services import ServiceCall
 from smartvm_v8086.state import FLAG_IF, FLAG_VM, ProgramMemory, ProgramState
@@ -121,3 +122,90 @@ def test_int6_by_software_returns_but_a_fault_nobody_handles_stops():
         m._no_service(_call(m, 0, 0x1000, 0x102)[1], _INT_IP_UNKNOWN)
     m._no_service(_call(m, 0x60, 0x1000, 0x102)[1], _INT_IP_UNKNOWN)   # not a fault vector: an IRET
     mem.close()
+
+
+# -- the real-mode doorbell: its inline fast paths against the general ones -------------------------------------
+class RmVcpu(Vcpu):
+    """A vCPU on the real-mode route (CR0.PE clear), with the engine-neutral get_regs_selectors_cr0()."""
+
+    def get_cr0(self):
+        return 0x10
+
+    def skip_instruction(self):
+        """KVM has completed the OUT."""
+
+    def get_sregs(self):
+        from smartvm_core.cpu import Segment, SpecialRegisters
+        return SpecialRegisters(**{n: Segment.real_mode(v) for n, v in zip(("es", "cs", "ss", "ds", "fs", "gs"),
+                                                                             self.selectors)})
+
+    def set_sregs(self, sregs):
+        self.calls.append("set_sregs")
+        self.selectors = tuple(getattr(sregs, n).selector for n in ("es", "cs", "ss", "ds", "fs", "gs"))
+
+    def get_regs_selectors_cr0(self):
+        from smartvm_core.engines.base import EngineVcpu
+        self.calls.append("get_regs_selectors_cr0")
+        return EngineVcpu.get_regs_selectors_cr0(self)
+
+
+def make_rm_monitor():
+    mem = GuestMemory()
+    mem.add_ram(0, 0xA0000)
+    mem.add_ram(0xF0000, 0x10000, "bios")
+    m = Monitor(None, ProgramMemory(mem))
+    m.bios.register(m.services.make_register("bios"))
+
+    def moves(call):                          # a service that edits what the fast path writes back
+        s = call.state
+        s.eip = (s.eip + 0x10) & 0xFFFF
+        s.cs = 0x2000
+        s.set_flag(1, True)
+        s.set_reg16(5, 0x4321)                # BP
+        s.gpr[6] = 0xDEAD_BEEF                # ESI, all 32 bits
+    m.services.make_register("test")(0x60, moves)
+    m.services.make_register("test")(0x61, lambda call: call.chain(0x62))   # INT 62h: the program's handler
+    regs, sregs = real_mode_state(0x1000, 0x100, ds=0x1000, sp=0xFFFE)
+    m.setup("real-mode", regs, sregs)
+    mem.write(0x62 * 4, (0x3000 << 16 | 0x0040).to_bytes(4, "little"))
+    return m, mem
+
+
+@pytest.mark.parametrize("vector, ax", [(0x11, 0x0000), (0x11, 0x1234), (0x12, 0xFFFF), (0x15, 0x8800),
+                                        (0x60, 0x0000), (0x61, 0x0000), (0x63, 0x0000), (0x1A, 0x0200)])
+@pytest.mark.parametrize("ss, sp", [(0x1000, 0xFFF0), (0x1000, 0xFFFA), (0x1000, 0xFFFC), (0x1000, 0xFFFE),
+                                    (0x9FFF, 0x0000), (0xFFFF, 0x0010), (0xFFFF, 0xFFFC), (0x0000, 0x0000)])
+@pytest.mark.parametrize("a20", [True, False])
+def test_rm_doorbell_fast_paths_match_the_general_ones(vector, ax, ss, sp, a20):
+    """The inline frame read and the inline service lookup leave what ProgramMemory.read() and serve() leave.
+
+    Hostile stacks too: a frame across the 64-KiB wrap, at the top of RAM, past 1 MiB (with A20 on and off).
+    """
+    results = []
+    for fast in (True, False):
+        m, mem = make_rm_monitor()
+        m.memory.a20 = a20
+        frame = bytes.fromhex("0501 0010 4602")    # IP 0105, CS 1000, FLAGS 0246 (IF set, as the INT saw)
+        for i in range(6):
+            m.memory.write_far(ss, sp + i, 1, frame[i])
+        if fast:
+            m.memory.read(0x400, 2)                # the RAM below 640 KiB as the last region used
+            m.services.lookup(vector, ax >> 8)     # the (vector, AH) seen before
+        stub_cs, stub_ip = rm_stub_address(vector)
+        stub_ip += 2                               # past the OUT, as KVM leaves RIP
+        regs = Registers(rax=0xFFFF_0000_0000_0000 | ax, rbx=0x1_0000_BBBB, rcx=3, rdx=4, rsi=5, rdi=6,
+                         rbp=0x7777, rsp=0xABCD_0000 | sp, r8=8, r15=15, rip=stub_ip, rflags=0x2 | 0x40)
+        vcpu = RmVcpu(regs, (0x1000, stub_cs, ss, 0x1000, 0, 0))
+        if not fast:
+            m.services._found.clear()              # serve() looks the service up
+            m.memory._hot = (0, 0, None)           # ProgramMemory.read() finds the region
+        assert m.handle_rm_doorbell(vcpu, IoExit())
+        results.append((attrs.asdict(vcpu.regs), vcpu.selectors, mem.read(0, 0xA0000), dict(m.service_counts),
+                        dict(m.reflected)))
+        mem.close()
+    assert results[0] == results[1]
+
+
+class IoExit:
+    port = 0xEE
+    is_in = False

@@ -149,9 +149,14 @@ SYNC_REGS_OFFSET = s.kvm_run.s.offset + s.kvm_sync_regs.regs.offset
 SYNC_SREGS_OFFSET = s.kvm_run.s.offset + s.kvm_sync_regs.sregs.offset
 _SYNC_CR0_OFFSET = SYNC_SREGS_OFFSET + s.kvm_sregs.cr0.offset
 _CRS_STRUCT = struct.Struct("<7Q")   # cr0, cr2, cr3, cr4, cr8, efer, apic_base
+#: kvm_run.s from kvm_regs to CR0: the 18 registers, the six selectors (cs .. ss), CR0 (get_regs_selectors_cr0)
+_REGS_SELECTORS_CR0_STRUCT = struct.Struct(
+    "<18Q" + f"{SYNC_SREGS_OFFSET - SYNC_REGS_OFFSET - REGS_STRUCT.size}x" + "12xH10x" * 6
+    + f"{s.kvm_sregs.cr0.offset - 6 * ctypes.sizeof(s.kvm_segment)}x" + "Q")
 _U64_STRUCT = struct.Struct("<Q")
 SYNC_REGS = s.KVM_SYNC_X86_REGS
 SYNC_SREGS = s.KVM_SYNC_X86_SREGS
+_SYNC_BOTH = SYNC_REGS | SYNC_SREGS
 #: exits with register syncing on and no register access before it is turned off again
 SYNC_IDLE_EXITS = 1000
 assert REGS_STRUCT.size == ctypes.sizeof(s.kvm_regs)
@@ -741,6 +746,13 @@ class KvmVcpu(EngineVcpu):
             self._idle = 0
             return _U64_STRUCT.unpack_from(self.mm, _SYNC_CR0_OFFSET)[0]
         return self.get_sregs().cr0
+
+    def get_regs_selectors_cr0(self) -> tuple[int, ...]:
+        """Registers, selectors (CS .. SS) and CR0: one unpack of ``kvm_run`` when KVM synced both sets."""
+        if self._fresh & _SYNC_BOTH == _SYNC_BOTH:
+            self._idle = 0
+            return _REGS_SELECTORS_CR0_STRUCT.unpack_from(self.mm, SYNC_REGS_OFFSET)
+        return super().get_regs_selectors_cr0()
 
     def get_msr(self, index: int) -> int:
         """``KVM_GET_MSRS`` for one MSR; KeyError if KVM keeps none by that index."""

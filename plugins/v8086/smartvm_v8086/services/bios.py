@@ -368,10 +368,11 @@ class Bios:
 
     # -- INT 11h / 12h --------------------------------------------------------------------
     def int11_equipment(self, call: ServiceCall) -> None:
-        call.state.ax = self.memory.read(BDA_EQUIPMENT, 2)
+        gpr = call.state.gpr   # AX = the equipment word (set_reg16, inline: a hot service)
+        gpr[EAX] = (gpr[EAX] & ~0xFFFF) | self.memory.read(BDA_EQUIPMENT, 2)
 
     def int12_memory(self, call: ServiceCall) -> None:
-        call.state.ax = self.memory.read(BDA_MEMORY_KB, 2)
+        call.state.set_reg16(EAX, self.memory.read(BDA_MEMORY_KB, 2))
 
     # -- INT 13h ----------------------------------------------------------------------------
     def int13_disk(self, call: ServiceCall) -> None:
