@@ -45,26 +45,18 @@ from .qualifications import (
 from .vectors import EXCEPTION_CLASS, EXCEPTION_NAMES, HAS_ERROR_CODE, ExceptionClass, Vector
 from .vmcs import Vmcs, VmcsField, field_bits, field_type, field_width, is_high_access
 
-#: the decoders of the VM-exit information fields, defined in :mod:`.exit_info`
-#: and imported on first use (PEP 562): building their classes is start-up time a
-#: run that never decodes what an exit reports does not need
-_LAZY = frozenset({
-    "CrAccessQualification",
-    "CrAccessType",
-    "EptViolationQualification",
-    "ExitInterruptionInfo",
-    "IdtVectoringInfo",
-    "IoQualification",
-    "MovDrQualification",
-    "TaskSwitchQualification",
-    "TaskSwitchSource",
-})
+from . import qualifications as _qualifications
+
+#: the decoders of the VM-exit information fields that this package re-exports; they are
+#: defined in :mod:`.exit_info` and imported on first use through :mod:`.qualifications`
+#: (PEP 562): building their classes is start-up time a run that never decodes what an
+#: exit reports does not need
+_LAZY = _qualifications._DECODER_NAMES - {"QUALIFICATION_DECODERS", "Qualification"}
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
-        from . import exit_info
-        value = getattr(exit_info, name)
+        value = getattr(_qualifications, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
