@@ -219,7 +219,7 @@ class Monitor:
         if exit.interruption_info & 0x7FF != 0x30D or vcpu.index != 0:  # vector 13, hardware exception
             return False
         if not self.active:
-            return self._gp_after_hand_over(vcpu, exit)
+            return False
         try:
             if self._fast:
                 done = self._fast_gp(vcpu)
@@ -317,20 +317,6 @@ class Monitor:
             vcpu.set_regs(regs)
         return True
 
-    def _gp_after_hand_over(self, vcpu: "EngineVcpu", exit: "VmExit") -> bool:
-        """A #GP after the program went to protected mode: deliver it to the program, as the CPU would have.
-
-        The hand-over clears #GP from the exception bitmap; an engine that
-        reloads its controls only at its next entry may still report one
-        that was raised in between.
-        """
-        if not self.handed_over or not self.gp_bitmap_set:
-            return False
-        from smartvm_core.vmx import EntryInterruptionInfo, EventInjection
-        vcpu.inject_event(EventInjection(EntryInterruptionInfo.hardware_exception(13),
-                                         error_code=exit.interruption_error_code & 0xFFFF))
-        return True
-
     def _stop(self, vcpu: "EngineVcpu", e: MonitorStop) -> bool:
         """Stop the machine with the monitor's report (the exit counts as handled)."""
         if self.machine is None:
@@ -411,12 +397,7 @@ class Monitor:
         in one :meth:`~smartvm_core.engines.base.EngineVcpu.get_regs_selectors_cr0`
         call), and only what the service changed is written back: the INT
         frame only if it differs, registers only if they changed, segment
-        registers only if a service loaded one. The frame read and the
-        service lookup are :meth:`ProgramMemory.read` 's and
-        :meth:`ServiceTable.lookup` 's fast paths inline; anything else
-        (a frame across the 64-KiB wrap or outside the RAM region last used,
-        a (vector, AH) not looked up before) takes the general ones
-        (``test_monitor.py`` compares both).
+        registers only if a service loaded one.
         """
         if not self.active or exit.is_in or vcpu.index != 0 or exit.port != self.rm_port:
             return False
@@ -437,13 +418,7 @@ class Monitor:
             # what rm_doorbell() does, on the state the INT saw (its frame is on the stack)
             sp = rsp & 0xFFFF
             mem = self.memory
-            # the frame: ProgramMemory.read()'s fast path (the RAM region it last used), inline
-            addr = ((ss << 4) + sp) & mem._mask
-            start, end, view = mem._hot
-            if start <= addr and addr + 6 <= end and sp <= 0xFFFA:
-                frame = int.from_bytes(view[addr - start:addr - start + 6], "little")  # type: ignore[index]
-            else:
-                frame = self._read_frame(ss, sp)
+            frame = mem.read((ss << 4) + sp, 6) if sp <= 0xFFFA else self._read_frame(ss, sp)
             before = [rax & 0xFFFFFFFF, rcx & 0xFFFFFFFF, rdx & 0xFFFFFFFF, rbx & 0xFFFFFFFF, rsp & 0xFFFFFFFF,
                       rbp & 0xFFFFFFFF, rsi & 0xFFFFFFFF, rdi & 0xFFFFFFFF]
             gpr = before[:]
@@ -451,16 +426,7 @@ class Monitor:
             int_cs, int_ip = frame >> 16 & 0xFFFF, frame & 0xFFFF
             state = ProgramState.of(gpr, int_ip, (rflags & _RM_KEEP_HIGH) | (frame >> 32 & ~0x8028), es, int_cs, ss,
                                     ds, fs, gs, self.vme, self.iopl, self._cr0, self._gdtr, self._idtr)
-            # serve(), with ServiceTable.lookup()'s cache read inline; a first (vector, AH) takes serve() itself
-            found = self.services._found.get(vector << 8 | (rax >> 8 & 0xFF))
-            if found is not None and found[0] is not None:
-                call = ServiceCall(vector, state, mem, self.machine, self, found[1])
-                found[0](call)
-                self.service_counts[call.name] += 1
-                action = self._served(call, vector, int_cs, int_ip, _INT_IP_UNKNOWN, 0) \
-                    if call.halted or call.chained else None
-            else:
-                action = self.serve(state, vector, _INT_IP_UNKNOWN)
+            action = self.serve(state, vector, _INT_IP_UNKNOWN)
             # the frame the stub's IRET pops: written only if the service changed it (or moved the stack)
             new_sp = (gpr[ESP] - 6) & 0xFFFF
             gpr[ESP] = (gpr[ESP] & ~0xFFFF) | new_sp
@@ -591,15 +557,7 @@ class Monitor:
             call = ServiceCall(vector, state, self.memory, self.machine, self, f"{key} (no service)")
             self._no_service(call, int_ip)
         self.service_counts[call.name] += 1
-        return self._served(call, vector, at_cs, at_ip, int_ip, depth)
-
-    def _served(self, call: ServiceCall, vector: int, at_cs: int, at_ip: int, int_ip: int | None,
-                depth: int) -> str | None:
-        """serve() after the service ran on ``call``: a wait for input, or the interrupts it chained.
-
-        ``at_cs:at_ip`` is where the program returns to past the INT.
-        """
-        state = call.state
+        # a wait for input, or the interrupts the service chained; at_cs:at_ip is where the program returns
         if call.halted:
             if int_ip == _INT_IP_UNKNOWN:
                 int_ip = self._int_ip(at_cs, at_ip, vector)
