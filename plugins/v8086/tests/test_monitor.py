@@ -168,6 +168,7 @@ def make_rm_monitor():
     regs, sregs = real_mode_state(0x1000, 0x100, ds=0x1000, sp=0xFFFE)
     m.setup("real-mode", regs, sregs)
     mem.write(0x62 * 4, (0x3000 << 16 | 0x0040).to_bytes(4, "little"))
+    mem.write(0x46C, bytes(4))   # the BDA tick count starts from the host clock: the same in every monitor built
     return m, mem
 
 
