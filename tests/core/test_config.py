@@ -1,6 +1,5 @@
 """Experiment files: every user mistake is refused with the file, the key and the reason."""
 
-from pathlib import Path
 
 import pytest
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import io
-
 import pytest
 
 from scripted_engine import ScriptedEngine, ScriptedPlugin
@@ -13,9 +10,8 @@ from smartvm_core.builder import load_experiment
 from smartvm_core.cli import _run_parser
 from smartvm_core.config import Key
 from smartvm_core.devices import DeviceSpec, DeviceType, Param
-from smartvm_core.engines.base import Availability
 from smartvm_core.errors import ImageError
-from smartvm_core.images import ImageSpec, LoadResult
+from smartvm_core.images import LoadResult
 from smartvm_core.cpu import Registers
 from smartvm_core.persist import load_snapshot, save_snapshot
 from smartvm_core.plugins import get_plugin_manager

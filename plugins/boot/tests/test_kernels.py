@@ -7,7 +7,6 @@ import struct
 import pytest
 from build import build_guest
 
-from smartvm_core.arch import modes
 from smartvm_core.arch.e820 import e820_map
 from smartvm_core.cpu import CR0_PG, EFER_LMA, RFLAGS_IF, cpu_mode
 from smartvm_core.errors import ImageError

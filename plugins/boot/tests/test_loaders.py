@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 
 from smartvm_core.arch import modes
 from smartvm_core.arch.e820 import E820_RAM, E820_RESERVED, e820_map
-from smartvm_core.cpu import CR0_PE, CR0_PG, EFER_LMA, RFLAGS_IF, cpu_mode
+from smartvm_core.cpu import RFLAGS_IF, cpu_mode
 from smartvm_core.errors import ImageError
 from smartvm_boot.plugin import detect, load
 

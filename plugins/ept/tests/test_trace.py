@@ -52,7 +52,7 @@ def test_bad_trace_access_named():
 
 
 def test_kvm_refuses_read_and_fetch_tracing(tmp_path):
-    from ept_guests import engine_availability
+    from smartvm_core.testing import engine_availability
     avail = engine_availability("kvm")
     if not avail.usable:
         pytest.skip(f"kvm engine unusable here: {avail.reason}")

@@ -1,7 +1,7 @@
 """Write-protected ranges with callbacks: once per page, allow, drop, stop; on every engine."""
 
 import pytest
-from ept_guests import ROUND, make
+from ept_guests import make
 
 from smartvm_ept.policy import EptAccess, WatchRange
 from smartvm_ept.plugin import get_policy

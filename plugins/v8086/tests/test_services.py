@@ -6,7 +6,7 @@ from smartvm_core.errors import PluginError
 from smartvm_core.memory import GuestMemory
 from smartvm_v8086 import layout
 from smartvm_v8086.monitor import Monitor, MonitorStop
-from smartvm_v8086.services import ServiceCall, ServiceTable
+from smartvm_v8086.services import ServiceTable
 from smartvm_v8086.services.bios import Disk, key_for
 from smartvm_v8086.state import FLAG_CF, FLAG_IF, FLAG_ZF, ProgramMemory, ProgramState
 
@@ -24,7 +24,6 @@ def monitor():
     m.bios.register(m.services.make_register("bios"))
     m.dos.register(m.services.make_register("dos"))
     m.dos.on_exit = lambda code: setattr(m, "exit_code", code)
-    from smartvm_core.cpu import Registers, SpecialRegisters
     from smartvm_core.arch.modes import real_mode_state
     regs, sregs = real_mode_state(0x1000, 0x100, ds=0x1000, sp=0xFFFE)
     m.setup("real-mode", regs, sregs)

@@ -62,7 +62,6 @@ from .errors import KvmError, KvmMissingCapability, KvmUnavailable
 from .exits import (MMIO_DATA_OFFSET, MSR_DATA_OFFSET, MSR_ERROR_OFFSET, TRANSLATE, U64, VALUE,
                     WB_IO_IN, WB_IO_IN_STRING, WB_MMIO_READ, WB_NONE, WB_RDMSR, WB_SETUP, WB_WRMSR, _io)
 from .system import Kvm
-from .vcpu import VcpuFd
 
 _ioctl = fcntl.ioctl
 _KVM_RUN = k.KVM_RUN

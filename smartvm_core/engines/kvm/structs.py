@@ -9,7 +9,6 @@ have a ``make_*`` factory returning a class with room for ``n`` entries.
 
 from __future__ import annotations
 
-import ctypes
 from ctypes import (Structure, Union, c_char, c_int64, c_uint8, c_uint16,
                     c_uint32, c_uint64, c_void_p)
 from functools import lru_cache

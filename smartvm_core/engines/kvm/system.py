@@ -6,10 +6,14 @@ import ctypes
 import errno
 import fcntl
 import os
+from typing import TYPE_CHECKING
 
 from . import ioctls as k
 from . import structs as s
 from .errors import KvmError, KvmUnavailable, ioctl_error
+
+if TYPE_CHECKING:
+    from .vm import VmFd
 
 KVM_API_VERSION = 12
 DEV_KVM = "/dev/kvm"

@@ -9,7 +9,6 @@ Table 6-5.
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from ...cpu import CR0_PE, CR0_PG, CR4_PAE, CR4_PSE, EFER_LMA, RFLAGS_IF, RFLAGS_NT, RFLAGS_RF, RFLAGS_TF, RFLAGS_VM

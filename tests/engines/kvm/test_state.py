@@ -9,7 +9,6 @@ import pytest
 from .rig import Rig, open_fds, require_kvm
 from smartvm_core.cpu import RFLAGS_FIXED, Registers
 from smartvm_core.engines.base import EngineOptions
-from smartvm_core.engines.kvm import structs as s
 from smartvm_core.engines.kvm.engine import KvmEngine
 from smartvm_core.errors import EngineError, UnsupportedControl
 from smartvm_core.memory import GuestMemory

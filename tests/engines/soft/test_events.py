@@ -3,7 +3,7 @@
 
 import time
 
-from smartvm_core.cpu import Registers, Segment, SpecialRegisters
+from smartvm_core.cpu import Registers
 from smartvm_core.vmx import ExitReason, ProcBasedControls, VmcsField
 
 from .helpers import make, set_proc

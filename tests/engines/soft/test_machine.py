@@ -5,7 +5,6 @@ import shutil
 import pytest
 
 from smartvm_core.testing import run_experiment
-from smartvm_core.vmx import ExitReason
 
 if shutil.which("nasm") is None:
     pytest.skip("nasm is not installed", allow_module_level=True)
