@@ -494,7 +494,9 @@ class SoftVcpu(EngineVcpu):
             else:
                 found = self._linear_page_of(pa, lp)
                 if found is None:
-                    return True   # not reached through this block's pages (cannot be hooked by address)
+                    # not reached through this block's pages: no sites can be hooked by address, but the
+                    # page's execute permission still applies
+                    return not (self.engine._prot and self._policy_fault(2, start, size, gpa=address))
                 lp = found
         if self.engine._prot and self._policy_fault(2, lp + off, size, gpa=address):
             return False  # Engine.set_page_protection took execute away
