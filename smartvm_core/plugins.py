@@ -97,7 +97,7 @@ def installed_entry_points(group: str = ENTRY_POINT_GROUP) -> list[EntryPoint]:
             try:
                 with open(os.path.join(path, "entry_points.txt"), encoding="utf-8") as f:
                     pairs = _section_pairs(f.read(), group)
-            except OSError:  # no entry points (or an egg-info file)
+            except (OSError, UnicodeDecodeError):  # no entry points (an egg-info file), or not text
                 continue
             if pairs:
                 dist, version = _name_and_version(path, key)
@@ -135,7 +135,7 @@ def _name_and_version(path: str, fallback: str) -> tuple[str, str]:
                     if sep and key in ("Name", "Version"):
                         fields.setdefault(key, value.strip())
             break
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             continue
     return fields.get("Name", fallback), fields.get("Version", "")
 

@@ -153,3 +153,19 @@ def test_engine_references_are_checked():
     avail = probe_engines(t)  # an engine that cannot load is reported, not raised
     assert not avail["gone"].usable and "cannot load" in avail["gone"].reason
     assert t["mine"] is Mine and list(t) == ["mine", "wrong", "gone"]
+
+
+def test_a_damaged_distribution_on_the_path_does_not_stop_the_scan(tmp_path, monkeypatch):
+    """A dist-info whose files are not text is skipped, as a missing one is; the others are still read."""
+    import sys
+    from smartvm_core.plugins import installed_entry_points
+    bad = tmp_path / "broken-1.0.dist-info"
+    bad.mkdir()
+    (bad / "entry_points.txt").write_bytes(b"[smartvm]\nx = \xff\xfe\n")
+    good = tmp_path / "fine-2.0.dist-info"
+    good.mkdir()
+    (good / "entry_points.txt").write_text("[smartvm]\nfine = fine_pkg.plugin\n")
+    (good / "METADATA").write_bytes(b"Name: fine\nVersion: 2.0\n\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    eps = installed_entry_points()
+    assert [(e.name, e.value, e.distribution, e.version) for e in eps] == [("fine", "fine_pkg.plugin", "fine", "2.0")]
